@@ -1,0 +1,127 @@
+"""Modulated deformable convolution (DCNv2): the plain-PyTorch reference that every kernel is checked against.
+
+Semantics are those of mmcv's ``modulated_deform_conv2d`` and ONNX ``DeformConv`` (which agree): offsets hold (dy, dx)
+pairs, offset group major then kernel tap (row-major over the kernel window); each bilinear corner that falls outside
+the image contributes zero; the sampled value is multiplied by the mask before the weight contraction.
+
+The reference gathers the four bilinear corners explicitly with integer indices (no coordinate normalisation round
+trip as ``grid_sample`` would do), one kernel tap at a time, so its memory is O(C·H·W) and not O(C·K·H·W).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import InputValidationError
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def bilinear_gather_zero(img: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """Sample ``img`` (N, C, H, W) at float positions ``y``, ``x`` (N, P) in pixel units; corners outside read zero.
+
+    Returns (N, C, P). Computes in the dtype of ``img`` (positions are taken as given).
+    """
+    n, c, h, w = img.shape
+    flat = img.reshape(n, c, h * w)
+    y0 = torch.floor(y)
+    x0 = torch.floor(x)
+    ly = (y - y0).to(img.dtype)
+    lx = (x - x0).to(img.dtype)
+    y0 = y0.to(torch.long)
+    x0 = x0.to(torch.long)
+    out = None
+    for dy, wy in ((0, 1 - ly), (1, ly)):
+        for dx, wx in ((0, 1 - lx), (1, lx)):
+            yy = y0 + dy
+            xx = x0 + dx
+            valid = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            idx = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).unsqueeze(1).expand(n, c, -1)
+            v = torch.gather(flat, 2, idx)
+            wgt = (wy * wx * valid.to(img.dtype)).unsqueeze(1)
+            term = v * wgt
+            out = term if out is None else out + term
+    return out
+
+
+def modulated_deform_conv2d_reference(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    offset_groups: int = 1,
+) -> Tensor:
+    """Reference modulated deformable convolution.
+
+    input (B, C, H, W); offset (B, 2·G·kh·kw, Ho, Wo) with (dy, dx) pairs; mask (B, G·kh·kw, Ho, Wo) or None (all ones);
+    weight (O, C/groups, kh, kw); G = ``offset_groups``. Returns (B, O, Ho, Wo).
+    """
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    b, c, h, w = input.shape
+    o, cg, kh, kw = weight.shape
+    k = kh * kw
+    g = offset_groups
+    if c % g or c % groups or o % groups or cg * groups != c:
+        raise InputValidationError(
+            f"deform conv: channels {c} must be divisible by offset_groups {g} and groups {groups}, "
+            f"and weight in-channels {cg} × groups must equal {c}"
+        )
+    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sw + 1
+    wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    if offset.shape != (b, 2 * g * k, ho, wo):
+        raise InputValidationError(f"deform conv: offset shape {tuple(offset.shape)} != {(b, 2 * g * k, ho, wo)}")
+    if mask is not None and mask.shape != (b, g * k, ho, wo):
+        raise InputValidationError(f"deform conv: mask shape {tuple(mask.shape)} != {(b, g * k, ho, wo)}")
+
+    off = offset.reshape(b, g, k, 2, ho * wo)
+    msk = None if mask is None else mask.reshape(b, g, k, ho * wo)
+    base_y = (torch.arange(ho, device=input.device, dtype=offset.dtype) * sh - ph).view(ho, 1).expand(ho, wo).reshape(-1)
+    base_x = (torch.arange(wo, device=input.device, dtype=offset.dtype) * sw - pw).view(1, wo).expand(ho, wo).reshape(-1)
+    grouped = input.reshape(b * g, c // g, h, w)
+    out = input.new_zeros(b, o, ho * wo)
+    w_groups = weight.reshape(groups, o // groups, cg, k)
+    for tap in range(k):
+        i, j = divmod(tap, kw)
+        py = base_y + i * dh + off[:, :, tap, 0]  # (B, G, P)
+        px = base_x + j * dw + off[:, :, tap, 1]
+        val = bilinear_gather_zero(grouped, py.reshape(b * g, -1), px.reshape(b * g, -1))  # (B·G, C/G, P)
+        val = val.reshape(b, g, c // g, ho * wo)
+        if msk is not None:
+            val = val * msk[:, :, tap].unsqueeze(2)
+        val = val.reshape(b, groups, cg, ho * wo)
+        out = out + torch.einsum("goc,bgcp->bgop", w_groups[..., tap], val).reshape(b, o, ho * wo)
+    if bias is not None:
+        out = out + bias.view(1, o, 1)
+    return out.reshape(b, o, ho, wo)
+
+
+def modulated_deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    offset_groups: int = 1,
+) -> Tensor:
+    """Modulated deformable convolution as the model calls it.
+
+    Dispatches to the fastest available implementation; today that is the reference (the custom C++/CUDA/Triton
+    kernels plug in here).
+    """
+    return modulated_deform_conv2d_reference(
+        input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups
+    )
