@@ -1,4 +1,4 @@
-"""VGG-trunk feature extractors: the two contrastive correspondence extractors and the frozen VGG19 (spec §3.4, §3.5)."""
+"""VGG-trunk feature extractors: the two contrastive correspondence extractors and the frozen VGG19 (§3.4, §3.5)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class ContrastiveExtractor(_ImageNetNormalized):
 
 
 class ContrastiveExtractorPair(nn.Module):
-    """Two extractors with separate weights (official ``ContrasExtractorSep``): image 1 = HSI pseudo-RGB, 2 = reference."""
+    """Two extractors with separate weights (official ``ContrasExtractorSep``): 1 = HSI pseudo-RGB, 2 = reference."""
 
     def __init__(self, widths: tuple[int, int, int] = (64, 128, 256)) -> None:
         super().__init__()

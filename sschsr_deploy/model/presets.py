@@ -1,4 +1,4 @@
-"""Named model configurations: ``official`` (the paper's network, 27,450,743 parameters) and ``tiny`` (tests, CPU demo)."""
+"""Named model configurations: ``official`` (the paper's network, 27,450,743 parameters) and ``tiny`` (tests, demo)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class ResidualBlock(nn.Module):
         self.norm1 = _make_norm(norm, out_ch)
         self.norm2 = _make_norm(norm, out_ch)
         if stride != 1:
-            # The official block registers the same norm module as norm3 and as downsample.1: checkpoints list both keys.
+            # The official block registers one norm module as norm3 and as downsample.1: checkpoints list both keys.
             self.norm3 = _make_norm(norm, out_ch)
             self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride), self.norm3)
         else:

@@ -76,7 +76,7 @@ def modulated_deform_conv2d_reference(
             f"deform conv: channels {c} must be divisible by offset_groups {g} and groups {groups}, "
             f"and weight in-channels {cg} × groups must equal {c}"
         )
-    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sw + 1
+    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
     wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
     if offset.shape != (b, 2 * g * k, ho, wo):
         raise InputValidationError(f"deform conv: offset shape {tuple(offset.shape)} != {(b, 2 * g * k, ho, wo)}")
@@ -85,8 +85,10 @@ def modulated_deform_conv2d_reference(
 
     off = offset.reshape(b, g, k, 2, ho * wo)
     msk = None if mask is None else mask.reshape(b, g, k, ho * wo)
-    base_y = (torch.arange(ho, device=input.device, dtype=offset.dtype) * sh - ph).view(ho, 1).expand(ho, wo).reshape(-1)
-    base_x = (torch.arange(wo, device=input.device, dtype=offset.dtype) * sw - pw).view(1, wo).expand(ho, wo).reshape(-1)
+    rows = torch.arange(ho, device=input.device, dtype=offset.dtype) * sh - ph
+    cols = torch.arange(wo, device=input.device, dtype=offset.dtype) * sw - pw
+    base_y = rows.view(ho, 1).expand(ho, wo).reshape(-1)
+    base_x = cols.view(1, wo).expand(ho, wo).reshape(-1)
     grouped = input.reshape(b * g, c // g, h, w)
     out = input.new_zeros(b, o, ho * wo)
     w_groups = weight.reshape(groups, o // groups, cg, k)

@@ -1,11 +1,11 @@
-"""Exhaustive 3×3 patch matching (cosine similarity, arg-max over every reference patch): the plain-PyTorch reference.
+"""Exhaustive 3×3 patch matching (cosine similarity, arg-max over all reference patches): the plain-PyTorch reference.
 
 Follows spec §3.6 "Matching at 1/4 resolution": both feature maps are L2-normalised per pixel (norm clamped at 1e-12);
 every stride-1 3×3 reference patch n (row-major by its top-left corner) is divided by (its Frobenius norm + 1e-5); the
-score of patch n at input window (y, x) is their inner product; the best score is divided by (the input window's norm
-+ 1e-5). Reference patches are scanned in chunks, and a later chunk replaces the running best only when strictly greater,
-so ties resolve to the lowest patch index, like the official chunk loop. The full N × positions score matrix is never
-held at once: memory is one chunk.
+score of patch n at input window (y, x) is their inner product; the best score is divided by (the input window's
+norm + 1e-5). Reference patches are scanned in chunks, and a later chunk replaces the running best only when strictly
+greater, so ties resolve to the lowest patch index, like the official chunk loop. The full N × positions score matrix
+is never held at once: memory is one chunk.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ are sums over all pixels, which is why the attention is global over the image.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

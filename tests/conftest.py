@@ -1,0 +1,48 @@
+"""Shared fixtures: the golden cases (copied into tests/data/golden) and models carrying the golden weights."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
+CASES = {"A": "case_A_128x128_sf4_seed0.npz", "B": "case_B_128x192_sf8_seed1.npz"}
+BASE_SEEDS = {"A": 0, "B": 1}
+
+
+@cache
+def golden_manifest() -> dict:
+    return json.loads((GOLDEN_DIR / "manifest.json").read_text())
+
+
+@cache
+def golden_case(name: str) -> dict[str, np.ndarray]:
+    with np.load(GOLDEN_DIR / CASES[name]) as z:
+        return {k: z[k] for k in z.files}
+
+
+@cache
+def golden_array_info(case: str) -> dict[str, dict]:
+    for c in golden_manifest()["cases"]:
+        if c["name"] == case:
+            return {a["name"]: a for a in c["arrays"]}
+    raise KeyError(case)
+
+
+@cache
+def golden_torch_state_dict(base_seed: int) -> dict[str, torch.Tensor]:
+    from sschsr_deploy.golden import golden_state_dict
+
+    return {k: torch.from_numpy(v) for k, v in golden_state_dict(base_seed).items()}
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # The fixtures were recorded with 2 threads; keep runs comparable and quiet.
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
