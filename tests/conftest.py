@@ -46,3 +46,16 @@ def _deterministic_threads():
     # The fixtures were recorded with 2 threads; keep runs comparable and quiet.
     torch.set_num_threads(min(2, torch.get_num_threads()))
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that need CUDA or TensorRT skip cleanly where those are absent."""
+    import importlib.util
+
+    has_cuda = torch.cuda.is_available()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT"))

@@ -6,9 +6,18 @@ point the network uses; custom C++/CUDA/Triton kernels plug in behind these entr
 
 from .deform_conv import modulated_deform_conv2d, modulated_deform_conv2d_reference
 from .patch_match import patch_match, patch_match_reference
-from .spectral_attention import spectral_attention, spectral_attention_reference
+from .spectral_attention import (
+    attention_from_stats,
+    gram_and_norms,
+    gram_and_norms_reference,
+    spectral_attention,
+    spectral_attention_reference,
+)
 
 __all__ = [
+    "attention_from_stats",
+    "gram_and_norms",
+    "gram_and_norms_reference",
     "modulated_deform_conv2d",
     "modulated_deform_conv2d_reference",
     "patch_match",

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputValidationError
+from ._backend import choose, define_op
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -107,6 +108,24 @@ def modulated_deform_conv2d_reference(
     return out.reshape(b, o, ho, wo)
 
 
+SCHEMA = (
+    "modulated_deform_conv2d(Tensor input, Tensor offset, Tensor? mask, Tensor weight, Tensor? bias, int[2] stride, "
+    "int[2] padding, int[2] dilation, int groups, int offset_groups) -> Tensor"
+)
+ENV_VAR = "SSCHSR_DCN_BACKEND"
+
+
+def _fake(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups):
+    b, _, h, w = input.shape
+    o, _, kh, kw = weight.shape
+    ho = (h + 2 * padding[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+    wo = (w + 2 * padding[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+    return input.new_empty((b, o, ho, wo))
+
+
+define_op("modulated_deform_conv2d", SCHEMA, modulated_deform_conv2d_reference, _fake)
+
+
 def modulated_deform_conv2d(
     input: Tensor,
     offset: Tensor,
@@ -119,11 +138,16 @@ def modulated_deform_conv2d(
     groups: int = 1,
     offset_groups: int = 1,
 ) -> Tensor:
-    """Modulated deformable convolution as the model calls it.
+    """Modulated deformable convolution as the model calls it: picks native / Triton / reference per call
+    (``SSCHSR_DCN_BACKEND`` overrides; see ``ops/_backend.py``)."""
+    args = (input, offset, mask, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups, offset_groups)
+    tensors = [t for t in (input, offset, mask, weight, bias) if t is not None]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    backend = choose(ENV_VAR, "modulated_deform_conv2d", input.device, needs_grad)
+    if backend == "native":
+        return torch.ops.sschsr.modulated_deform_conv2d(*args)
+    if backend == "triton":
+        from ..kernels.triton.deform_conv import deform_conv2d_triton
 
-    Dispatches to the fastest available implementation; today that is the reference (the custom C++/CUDA/Triton
-    kernels plug in here).
-    """
-    return modulated_deform_conv2d_reference(
-        input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups
-    )
+        return deform_conv2d_triton(*args)
+    return modulated_deform_conv2d_reference(*args)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
+from ._backend import choose, define_op
 
 PIXEL_EPS = 1e-12
 PATCH_EPS = 1e-5
@@ -60,6 +61,30 @@ def patch_match_reference(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -
     return best_idx.reshape(b, hp, wp), sim.reshape(b, hp, wp)
 
 
+SCHEMA = "patch_match(Tensor feat, Tensor ref_feat, int patch_size) -> (Tensor, Tensor)"
+ENV_VAR = "SSCHSR_PATCH_MATCH_BACKEND"
+
+
+def _fake(feat, ref_feat, patch_size):
+    b, _, h, w = feat.shape
+    shape = (b, h - patch_size + 1, w - patch_size + 1)
+    return feat.new_empty(shape, dtype=torch.long), feat.new_empty(shape)
+
+
+define_op("patch_match", SCHEMA, patch_match_reference, _fake)
+
+
 def patch_match(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -> tuple[Tensor, Tensor]:
-    """Patch matching as the model calls it; custom kernels plug in here (today: the reference)."""
+    """Patch matching as the model calls it (``SSCHSR_PATCH_MATCH_BACKEND`` overrides the automatic choice).
+
+    Not differentiable (an arg-max); the similarity is differentiable only through the reference backend.
+    """
+    needs_grad = torch.is_grad_enabled() and (feat.requires_grad or ref_feat.requires_grad)
+    backend = choose(ENV_VAR, "patch_match", feat.device, needs_grad)
+    if backend == "native":
+        return torch.ops.sschsr.patch_match(feat, ref_feat, patch_size)
+    if backend == "triton":
+        from ..kernels.triton.patch_match import patch_match_triton
+
+        return patch_match_triton(feat, ref_feat, patch_size)
     return patch_match_reference(feat, ref_feat, patch_size)

@@ -7,10 +7,12 @@ are sums over all pixels, which is why the attention is global over the image.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
+from ._backend import choose, define_op
 
 L2_EPS = 1e-12
 
@@ -40,6 +42,74 @@ def spectral_attention_reference(q: Tensor, k: Tensor, v: Tensor, temperature: T
     return out.reshape(b, c, h, w)
 
 
+def gram_and_norms_reference(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The pixel sums attention needs, in float32: Gram q·kᵀ per head (B, heads, c, c) and squared channel norms (B, C).
+
+    They add across spatial tiles, which is what makes exactly tiled attention possible.
+    """
+    if q.dim() != 4 or q.shape != k.shape:
+        raise InputValidationError(f"gram_and_norms: q and k must share one B×C×H×W shape, got {tuple(q.shape)}, "
+                                   f"{tuple(k.shape)}")
+    if q.shape[1] % heads:
+        raise InputValidationError(f"gram_and_norms: {q.shape[1]} channels are not divisible by {heads} heads")
+    b, c, h, w = q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf = q.reshape(b, heads, c // heads, h * w).to(acc)
+    kf = k.reshape(b, heads, c // heads, h * w).to(acc)
+    return qf @ kf.transpose(-2, -1), qf.square().sum(-1).reshape(b, c), kf.square().sum(-1).reshape(b, c)
+
+
+def attention_from_stats(gram: Tensor, q_sq: Tensor, k_sq: Tensor, temperature: Tensor) -> Tensor:
+    """softmax(q̂ k̂ᵀ τ) from the summed statistics: (B, heads, c, c), normalisation applied to the small matrix."""
+    b, heads, c, _ = gram.shape
+    qn = q_sq.reshape(b, heads, c, 1).sqrt().clamp_min(L2_EPS)
+    kn = k_sq.reshape(b, heads, 1, c).sqrt().clamp_min(L2_EPS)
+    return (gram / (qn * kn) * temperature.reshape(1, heads, 1, 1).to(gram.dtype)).softmax(dim=-1)
+
+
+SCHEMA = "spectral_attention(Tensor q, Tensor k, Tensor v, Tensor temperature, int heads) -> Tensor"
+GRAM_SCHEMA = "gram_and_norms(Tensor q, Tensor k, int heads) -> (Tensor, Tensor, Tensor)"
+ENV_VAR = "SSCHSR_ATTENTION_BACKEND"
+
+
+def _fake(q, k, v, temperature, heads):
+    return torch.empty_like(v)
+
+
+def _gram_fake(q, k, heads):
+    b, c = q.shape[:2]
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (q.new_empty((b, heads, c // heads, c // heads), dtype=acc), q.new_empty((b, c), dtype=acc),
+            q.new_empty((b, c), dtype=acc))
+
+
+define_op("spectral_attention", SCHEMA, spectral_attention_reference, _fake)
+define_op("gram_and_norms", GRAM_SCHEMA, gram_and_norms_reference, _gram_fake)
+
+
+def _needs_grad(*tensors: Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
-    """Spectral attention as the model calls it; custom kernels plug in here (today: the reference)."""
+    """Spectral attention as the model calls it (``SSCHSR_ATTENTION_BACKEND`` overrides the automatic choice)."""
+    backend = choose(ENV_VAR, "spectral_attention", q.device, _needs_grad(q, k, v, temperature))
+    if backend == "native":
+        return torch.ops.sschsr.spectral_attention(q, k, v, temperature, heads)
+    if backend == "triton":
+        from ..kernels.triton.spectral_attention import spectral_attention_triton
+
+        return spectral_attention_triton(q, k, v, temperature, heads)
     return spectral_attention_reference(q, k, v, temperature, heads)
+
+
+def gram_and_norms(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Partial attention statistics of one tile (see ``gram_and_norms_reference``), fastest backend."""
+    backend = choose(ENV_VAR, "gram_and_norms", q.device, _needs_grad(q, k))
+    if backend == "native":
+        return torch.ops.sschsr.gram_and_norms(q, k, heads)
+    if backend == "triton":
+        from ..kernels.triton.spectral_attention import gram_and_norms_triton
+
+        return gram_and_norms_triton(q, k, heads)
+    return gram_and_norms_reference(q, k, heads)

@@ -1,0 +1,106 @@
+"""Which implementation runs an operator: the native extension (C++/CUDA), Triton, or the plain-PyTorch reference.
+
+Every operator lives in ``torch.ops.sschsr``. When the native extension ``sschsr_deploy._C`` is built, importing it
+registers the operators with CPU (and, in CUDA builds, CUDA) kernels; otherwise this module defines the same schemas
+with the reference as their implementation, so ``torch.ops.sschsr.*`` always exists and traces the same way.
+
+Choice per call (``auto``): inputs that need gradients → reference (it is differentiable); native kernel for the
+tensors' device when built; CUDA tensors without native CUDA kernels → Triton; otherwise the reference. An environment
+variable per operator (e.g. ``SSCHSR_DCN_BACKEND=cuda|triton|cpu|reference``) forces one; a forced backend that cannot
+run raises instead of silently falling back.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+_native_import_error: str | None = None
+
+
+@functools.cache
+def native() -> ModuleType | None:
+    """The native extension, or None when it is not built (the reason is kept for ``native_status``)."""
+    global _native_import_error
+    try:
+        return importlib.import_module("sschsr_deploy._C")
+    except ImportError as exc:
+        _native_import_error = str(exc)
+        return None
+
+
+def native_status() -> dict:
+    """What the native build provides, for diagnostics (``sschsr-deploy info``)."""
+    mod = native()
+    if mod is None:
+        return {"built": False, "error": _native_import_error}
+    return {"built": True, "cuda": bool(mod.cuda_built()), "openmp_threads": int(mod.openmp_max_threads())}
+
+
+def has_kernel(op: str, device_type: str) -> bool:
+    """True when ``torch.ops.sschsr.<op>`` has a native kernel for the device type ('cpu' / 'cuda')."""
+    if native() is None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"sschsr::{op}", key)
+
+
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def hasattr_op(op: str) -> bool:
+    """True when ``torch.ops.sschsr.<op>`` is defined (by the extension or by ``define_op``)."""
+    try:
+        getattr(torch.ops.sschsr, op)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def define_op(op: str, schema: str, reference: Callable, fake: Callable) -> None:
+    """Make ``torch.ops.sschsr.<op>`` exist: natively registered, or defined here with the reference as kernel."""
+    native()  # importing the extension registers its operators
+    if not hasattr_op(op):
+        torch.library.define(f"sschsr::{op}", schema[schema.index("(") :])
+        torch.library.impl(f"sschsr::{op}", "CompositeExplicitAutograd")(reference)
+    torch.library.register_fake(f"sschsr::{op}")(fake)
+
+
+def choose(env_var: str, op: str, device: torch.device, needs_grad: bool) -> str:
+    """Backend for one call: 'native', 'triton' or 'reference' (see the module docstring for the rules)."""
+    requested = os.environ.get(env_var, "auto").strip().lower() or "auto"
+    if requested not in BACKENDS:
+        raise ValueError(f"{env_var}={requested!r} is not one of {', '.join(BACKENDS)}")
+    dev = device.type
+    if requested == "auto":
+        if needs_grad:
+            return "reference"
+        if has_kernel(op, dev):
+            return "native"
+        if dev == "cuda" and triton_available():
+            return "triton"
+        return "reference"
+    if requested == "reference":
+        return "reference"
+    if requested == "triton":
+        if not triton_available():
+            raise RuntimeError(f"{env_var}=triton but triton is not installed")
+        if dev != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"{env_var}=triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
+        return "triton"
+    # 'cpu' or 'cuda': the native kernel of that device
+    if dev != requested:
+        raise RuntimeError(f"{env_var}={requested} but the tensors are on {dev}")
+    if not has_kernel(op, dev):
+        why = "the native extension is not built" if native() is None else f"this build has no {requested} kernel"
+        raise RuntimeError(f"{env_var}={requested} but {why} (sschsr::{op})")
+    return "native"
