@@ -8,7 +8,7 @@ Sources are found by convention, so adding a kernel needs no edit here:
 - ``csrc/torch/*_cuda.cpp``  torch bindings of the CUDA kernels (compiled only in CUDA builds).
 
 CUDA kernels are compiled when a CUDA toolkit and a CUDA build of torch are present; ``SSCHSR_BUILD_CUDA=0/1`` forces
-the choice. Build with ``pip install --no-build-isolation -e .`` so the installed torch is used (torch is not a build
+the choice; ``SSCHSR_BUILD_NATIVE=0`` skips the extension (pure-Python install). Build with ``pip install --no-build-isolation -e .`` so the installed torch is used (torch is not a build
 requirement on purpose: pip would otherwise fetch another one). Without torch the package installs pure-Python and the
 operators fall back to their plain-PyTorch references.
 """
@@ -50,6 +50,8 @@ def _pip_cuda_include() -> list[str]:
 
 
 def extensions():
+    if os.environ.get("SSCHSR_BUILD_NATIVE", "1") in ("0", "false", "False"):
+        return [], {}
     cpu_sources = _rel("csrc/cpu/*.cpp")
     binding_sources = [p for p in _rel("csrc/torch/*.cpp") if not p.endswith("_cuda.cpp")]
     if not cpu_sources and not binding_sources:
