@@ -1,6 +1,7 @@
 """Build script: the native extension ``sschsr_deploy._C`` (package metadata lives in pyproject.toml).
 
-Sources are found by convention, so adding a kernel needs no edit here:
+torch ≥ 2.14 headers need C++20, so the extension compiles as C++20; the kernels themselves stay C++17 (the CMake build
+of the torch-free library uses C++17). Sources are found by convention, so adding a kernel needs no edit here:
 
 - ``csrc/cpu/*.cpp``         torch-free CPU kernels (C++17 + OpenMP), also built by CMakeLists.txt;
 - ``csrc/cuda/*.cu``         torch-free CUDA kernels, also built by CMakeLists.txt;
@@ -68,11 +69,11 @@ def extensions():
         return [], {}
     os.environ.setdefault("CUDA_HOME", cpp_extension.CUDA_HOME or "/usr/local/cuda")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     link_flags = ["-fopenmp"]
     sources = cpu_sources + binding_sources
     if _want_cuda(torch):
-        nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
         for arch in CUDA_ARCHS:
             nvcc_flags += [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
         nvcc_flags += [f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]  # PTX for newer GPUs
