@@ -12,17 +12,19 @@ run raises instead of silently falling back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 _native_import_error: str | None = None
+_forced: dict[str, str] = {}  # op name -> "op" | "reference", set by ``forced_backends`` (export, tracing)
 
 
 @functools.cache
@@ -75,8 +77,29 @@ def define_op(op: str, schema: str, reference: Callable, fake: Callable) -> None
     torch.library.register_fake(f"sschsr::{op}")(fake)
 
 
+@contextlib.contextmanager
+def forced_backends(**ops: str) -> Iterator[None]:
+    """Force per-op choices while tracing, e.g. ``forced_backends(modulated_deform_conv2d="op")``.
+
+    ``"op"`` calls ``torch.ops.sschsr.<op>`` whatever kernels exist (an exporter sees one custom node and translates
+    it); ``"reference"`` inlines the plain-PyTorch reference (the exporter sees standard aten ops).
+    """
+    bad = {k: v for k, v in ops.items() if v not in ("op", "reference")}
+    if bad:
+        raise ValueError(f"forced backends must be 'op' or 'reference', got {bad}")
+    saved = dict(_forced)
+    _forced.update(ops)
+    try:
+        yield
+    finally:
+        _forced.clear()
+        _forced.update(saved)
+
+
 def choose(env_var: str, op: str, device: torch.device, needs_grad: bool) -> str:
     """Backend for one call: 'native', 'triton' or 'reference' (see the module docstring for the rules)."""
+    if op in _forced:
+        return "native" if _forced[op] == "op" else "reference"
     requested = os.environ.get(env_var, "auto").strip().lower() or "auto"
     if requested not in BACKENDS:
         raise ValueError(f"{env_var}={requested!r} is not one of {', '.join(BACKENDS)}")
