@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in the interpreter on CPU tensors. The flag must be set before triton is first
+# imported (torchvision and torch._dynamo import it), so it is set here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
 CASES = {"A": "case_A_128x128_sf4_seed0.npz", "B": "case_B_128x192_sf8_seed1.npz"}
