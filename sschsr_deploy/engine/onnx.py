@@ -1,0 +1,849 @@
+"""ONNX export of the per-tile network and of the flow estimator, with checks that always run after export.
+
+Two parts can be exported (``part=``):
+
+- ``"tile"``: the whole network on one HR tile, the five official inputs (``INPUT_NAMES``) → ``out`` (B×bands×H×W);
+- ``"flow"``: RAFT alone, ``hsi_rgb_sr_flow``, ``ref_hr_flow`` → ``flow`` (B×2×H×W, HR pixels). The official forward
+  takes the flow inputs separately from the others, so a runtime can estimate the flow on its own inputs.
+
+RAFT runs a fixed number of iterations (``raft_iters``, default: the preset's), unrolled in the graph.
+
+Operator modes (``ops=``):
+
+- ``"standard"``: plain ONNX (opset 20 by default) that ONNX Runtime and TensorRT's parser run: modulated deformable
+  convolution becomes the ONNX ``DeformConv`` node; spectral attention and patch matching are decomposed into standard
+  ops (the same bodies as the custom nodes' reference functions below). The patch-matching decomposition holds the full
+  N×P score matrix of a tile (N = P = (H/4−2)(W/4−2): 3.5 MB per image at 128², 59 MB at 256², 1 GB at 512²).
+- ``"custom"``: spectral attention and patch matching are single nodes of the ``sschsr`` domain
+  (``sschsr::SpectralAttention(q, k, v, temperature){heads}``, ``sschsr::PatchMatch(feat, ref_feat){patch_size}`` →
+  ``(index int64, similarity)``) for our TensorRT plugins (:mod:`sschsr_deploy.engine.plugins`); deformable
+  convolution stays ``DeformConv`` (:mod:`sschsr_deploy.engine.graph` swaps it for our plugin on request). The
+  schemas are registered with ``onnx.defs`` so that the checker validates the nodes. ONNX Runtime cannot run opaque
+  custom nodes, so the parity check runs the saved graph with reference *function bodies* attached
+  (:func:`reference_functions`, standard ops only): that checks every node, input and attribute of the custom graph;
+  the plugin kernels themselves are checked by the TensorRT parity run.
+
+Shapes: the batch dimension is dynamic within ``batch_range`` (the traced example uses batch 2, since
+``torch.export`` specialises a dimension of size 1). The tile height and width are fixed by default; with
+``tile_min``/``tile_max`` they are dynamic in multiples of 8 within those bounds (named ``height``/``width``). That
+works because every data-dependent loop is out of the traced graph (patch matching is one op, translated without the
+reference's chunk loop) and because ``aten.remainder.Scalar`` with a symbolic divisor (``index_to_flow``) gets its own
+translation; measured on the tiny preset: parity 1.2e-7 at 128×128 and at 136×192 from one graph. A dynamic tile
+export takes about twice as long, and TensorRT picks kernels for the ``tile`` size (the profile's opt).
+
+Precision is a property of the graph (TensorRT 11 builds strongly typed networks only):
+
+- ``"fp32"``: everything in float32.
+- ``"fp16"``: weights and activations in float16, inputs and outputs stay float32 (cast at the graph boundary), with
+  these **float32 islands** (inputs cast up on entry, results cast down on exit):
+
+  1. spectral attention, whole op: the L2 norms, the Gram matrices q̂k̂ᵀ, the temperature scaling, the softmax and A·V;
+  2. every layer norm of the decoder (``ChannelLayerNorm``: mean, variance, normalisation, affine);
+  3. RAFT's instance norms (feature encoder) and batch norms (context encoder);
+  4. RAFT's correlation: the all-pairs correlation volume, its average-pooled pyramid, the windowed bilinear lookups,
+     the coordinate/flow accumulation over the iterations and the convex-upsampling softmax and combination
+     (the feature-encoder output is cast up; the update block's inputs are cast down and its flow increment up);
+  5. patch matching: per-pixel normalisation, patch norms, scores, arg-max and similarity;
+  6. the bilinear warps: the reference warp by the RAFT flow and the decoder's feature warps by the patch-match flow
+     (sampling grids and sampling);
+  7. the three deformable aggregations: the offset/mask prediction conv, offset and mask formation, and the
+     deformable convolution itself (offsets of tens of pixels would lose sub-pixel precision in float16).
+
+  Everything else (all other convolutions, transposed convs, GELU/activations, pixel shuffle, pools, concatenations)
+  runs in float16. The islands are applied while tracing by module hooks and by temporarily rebinding the op entry
+  points of the model modules; nothing in the model changes permanently.
+
+After every export :func:`export_onnx` runs ``onnx.checker`` (full check), ONNX shape inference and an ONNX Runtime
+parity run on a generated input against the PyTorch model (float32, reference ops), and raises
+:class:`ExportCheckError` when any fails. Tolerances, on the relative L2 error of the output and, for the
+tile network, of its residual over ``hsi_sr`` (:class:`ParityReport`): 1e-4 for fp32 (measured 1.2e-7 on the output,
+8.6e-7 on the residual), 5e-3 for fp16 (measured 7.0e-5 / 5.1e-4), tiny preset at 128². The ONNX Runtime
+session always asserts its providers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import hashlib
+import importlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import SSCHSRError
+from ..model import INPUT_NAMES, SSCHSR
+from ..ops._backend import forced_backends
+
+__all__ = [
+    "CUSTOM_DOMAIN",
+    "DEFAULT_OPSET",
+    "FLOW_INPUT_NAMES",
+    "FP16_TOLERANCE",
+    "FP32_TOLERANCE",
+    "ExportCheckError",
+    "ExportResult",
+    "ParityReport",
+    "build_model",
+    "check_onnx",
+    "example_inputs",
+    "export_module",
+    "export_onnx",
+    "fp16_islands",
+    "make_session",
+    "read_metadata",
+    "reference_functions",
+    "state_dict_sha256",
+    "FlowNetwork",
+    "TileNetwork",
+    "translation_table",
+]
+
+CUSTOM_DOMAIN = "sschsr"
+DEFAULT_OPSET = 20
+FP32_TOLERANCE = 1e-4
+# fp16 graph vs fp32 PyTorch (relative L2 error of the output and of its residual over hsi_sr). Measured on the tiny
+# preset at 128² with random weights: 7.0e-5 / 5.1e-4; the bound leaves room for deeper presets and for the arg-max
+# of patch matching flipping on near-ties.
+FP16_TOLERANCE = 5e-3
+PRECISIONS = ("fp32", "fp16")
+OPS_MODES = ("standard", "custom")
+PARTS = ("tile", "flow")
+FLOW_INPUT_NAMES = ("hsi_rgb_sr_flow", "ref_hr_flow")
+
+
+class ExportCheckError(SSCHSRError, RuntimeError):
+    """An exported graph failed the checker, shape inference or the ONNX Runtime parity run."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# custom-domain schemas and reference bodies (onnxscript)
+
+def _register_schemas() -> None:
+    """Register the ``sschsr`` op schemas with ``onnx.defs`` (once): the checker then validates our nodes."""
+    import onnx
+    from onnx.defs import OpSchema
+
+    fp = OpSchema.FormalParameter
+    floats = ["tensor(float)", "tensor(float16)"]
+    # read by TensorRT's ONNX parser to route a node to a Python plugin (see engine/graph.py); optional here
+    plugin_attrs = [
+        OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace", required=False),
+        OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version", required=False),
+        OpSchema.Attribute("aot", OpSchema.AttrType.INT, "prefer the plugin's AOT implementation", required=False),
+    ]
+    schemas = [
+        OpSchema(
+            "SpectralAttention", CUSTOM_DOMAIN, 1,
+            doc="softmax((q̂ k̂ᵀ)·τ) v per head (channel attention); q̂, k̂: channel rows divided by max(‖·‖₂, 1e-12)",
+            inputs=[fp("q", "T"), fp("k", "T"), fp("v", "T"), fp("temperature", "T")],
+            outputs=[fp("out", "T")],
+            type_constraints=[("T", floats, "float tensors")],
+            attributes=[OpSchema.Attribute("heads", OpSchema.AttrType.INT, "number of heads"), *plugin_attrs],
+        ),
+        OpSchema(
+            "PatchMatch", CUSTOM_DOMAIN, 1,
+            doc="best cosine-matching reference patch for every input window (see ops/patch_match.py)",
+            inputs=[fp("feat", "T"), fp("ref_feat", "T")],
+            outputs=[fp("index", "I"), fp("similarity", "T")],
+            type_constraints=[("T", floats, "float tensors"), ("I", ["tensor(int64)"], "patch index")],
+            attributes=[OpSchema.Attribute("patch_size", OpSchema.AttrType.INT, "patch size p"), *plugin_attrs],
+        ),
+        OpSchema(
+            "ModulatedDeformConv2d", CUSTOM_DOMAIN, 1,
+            doc="DCNv2 (see ops/deform_conv.py); inputs in the torch op's order",
+            inputs=[fp("input", "T"), fp("offset", "T"), fp("mask", "T"), fp("weight", "T"), fp("bias", "T")],
+            outputs=[fp("output", "T")],
+            type_constraints=[("T", floats, "float tensors")],
+            attributes=[
+                OpSchema.Attribute("stride", OpSchema.AttrType.INTS, "stride (h, w)"),
+                OpSchema.Attribute("padding", OpSchema.AttrType.INTS, "padding (h, w)"),
+                OpSchema.Attribute("dilation", OpSchema.AttrType.INTS, "dilation (h, w)"),
+                OpSchema.Attribute("groups", OpSchema.AttrType.INT, "conv groups"),
+                OpSchema.Attribute("offset_groups", OpSchema.AttrType.INT, "offset groups"),
+                *plugin_attrs,
+            ],
+        ),
+    ]
+    for s in schemas:
+        try:
+            onnx.defs.get_schema(s.name, 1, CUSTOM_DOMAIN)
+        except onnx.defs.SchemaError:
+            onnx.defs.register_schema(s)
+
+
+@functools.cache
+def _script():
+    """The onnxscript pieces, built lazily (onnxscript is only needed for export)."""
+    import onnxscript
+    from onnxscript import opset20 as op
+    from onnxscript.values import Opset
+
+    _register_schemas()
+    custom = Opset(CUSTOM_DOMAIN, 1)
+    body_domain = Opset("sschsr_reference", 1)  # the functions' own domain; renamed to sschsr when attached
+
+    @onnxscript.script(body_domain, default_opset=op)
+    def SpectralAttention(q, k, v, temperature, heads: int):
+        shape = op.Shape(q)
+        b = op.Slice(shape, [0], [1])
+        c = op.Slice(shape, [1], [2])
+        hd = op.Reshape(op.Constant(value_int=heads), op.Constant(value_ints=[1]))
+        per_head = op.Concat(b, hd, op.Div(c, hd), op.Constant(value_ints=[-1]), axis=0)
+        qh = op.Reshape(q, per_head)
+        kh = op.Reshape(k, per_head)
+        eps = op.CastLike(op.Constant(value_float=1e-12), q)
+        qn = op.Div(qh, op.Max(op.ReduceL2(qh, op.Constant(value_ints=[-1]), keepdims=1), eps))
+        kn = op.Div(kh, op.Max(op.ReduceL2(kh, op.Constant(value_ints=[-1]), keepdims=1), eps))
+        tau = op.Reshape(temperature, op.Constant(value_ints=[1, -1, 1, 1]))
+        attn = op.Softmax(op.Mul(op.MatMul(qn, op.Transpose(kn, perm=[0, 1, 3, 2])), tau), axis=-1)
+        out = op.MatMul(attn, op.Reshape(v, per_head))
+        return op.Reshape(out, shape)
+
+    @onnxscript.script(body_domain, default_opset=op)
+    def PatchMatch(feat, ref_feat, patch_size: int):
+        # per-pixel L2 normalisation (norm clamped at 1e-12)
+        eps_px = op.CastLike(op.Constant(value_float=1e-12), feat)
+        eps_patch = op.CastLike(op.Constant(value_float=1e-5), feat)
+        ch_axis = op.Constant(value_ints=[1])
+        fi = op.Div(feat, op.Max(op.ReduceL2(feat, ch_axis, keepdims=1), eps_px))
+        fr = op.Div(ref_feat, op.Max(op.ReduceL2(ref_feat, ch_axis, keepdims=1), eps_px))
+        shape = op.Shape(feat)
+        b = op.Slice(shape, [0], [1])
+        c = op.Slice(shape, [1], [2])
+        h = op.Slice(shape, [2], [3])
+        w = op.Slice(shape, [3], [4])
+        p = op.Reshape(op.Constant(value_int=patch_size), op.Constant(value_ints=[1]))
+        one = op.Constant(value_ints=[1])
+        hp = op.Add(op.Sub(h, p), one)
+        wp = op.Add(op.Sub(w, p), one)
+        # unfold p×p windows by a gather: index (tap, position) into the flattened h·w pixels
+        zero = op.Constant(value_int=0)
+        step = op.Constant(value_int=1)
+        ys = op.Range(zero, op.Squeeze(hp), step)
+        xs = op.Range(zero, op.Squeeze(wp), step)
+        taps = op.Range(zero, op.Squeeze(op.Mul(p, p)), step)
+        ti = op.Div(taps, op.Squeeze(p))
+        tj = op.Mod(taps, op.Squeeze(p))
+        tap_off = op.Add(op.Mul(ti, op.Squeeze(w)), tj)  # (p·p,)
+        pos = op.Reshape(
+            op.Add(op.Unsqueeze(op.Mul(ys, op.Squeeze(w)), [1]), op.Unsqueeze(xs, [0])), op.Constant(value_ints=[-1])
+        )  # (P,), row-major over (y, x)
+        idx = op.Add(op.Unsqueeze(tap_off, [1]), op.Unsqueeze(pos, [0]))  # (p·p, P)
+        flat = op.Concat(b, c, op.Constant(value_ints=[-1]), axis=0)
+        cols = op.Concat(b, op.Constant(value_ints=[-1]), op.Reshape(op.Mul(hp, wp), [1]), axis=0)
+        win = op.Reshape(op.Gather(op.Reshape(fi, flat), idx, axis=2), cols)  # (B, C·p·p, P), c major
+        pat = op.Reshape(op.Gather(op.Reshape(fr, flat), idx, axis=2), cols)  # (B, C·p·p, N)
+        pat = op.Div(pat, op.Add(op.ReduceL2(pat, ch_axis, keepdims=1), eps_patch))
+        win_norm = op.Add(op.ReduceL2(win, ch_axis, keepdims=0), eps_patch)  # (B, P)
+        scores = op.MatMul(op.Transpose(pat, perm=[0, 2, 1]), win)  # (B, N, P)
+        best = op.ReduceMax(scores, ch_axis, keepdims=0)
+        index = op.ArgMax(scores, axis=1, keepdims=0, select_last_index=0)  # ties -> lowest patch index
+        out_shape = op.Concat(b, hp, wp, axis=0)
+        return op.Reshape(index, out_shape), op.Reshape(op.Div(best, win_norm), out_shape)
+
+    def deform_conv(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups):
+        kh, kw = int(weight.shape[2]), int(weight.shape[3])
+        return op.DeformConv(
+            input, weight, offset, bias, mask,
+            dilations=[int(d) for d in dilation], group=int(groups), offset_group=int(offset_groups),
+            pads=[int(padding[0]), int(padding[1]), int(padding[0]), int(padding[1])],
+            strides=[int(s) for s in stride], kernel_shape=[kh, kw],
+        )
+
+    def attention_standard(q, k, v, temperature, heads):
+        return SpectralAttention.function(q, k, v, temperature, int(heads))
+
+    def patch_match_standard(feat, ref_feat, patch_size):
+        return PatchMatch.function(feat, ref_feat, int(patch_size))
+
+    def attention_custom(q, k, v, temperature, heads):
+        return custom.SpectralAttention(q, k, v, temperature, heads=int(heads))
+
+    def patch_match_custom(feat, ref_feat, patch_size):
+        return custom.PatchMatch(feat, ref_feat, patch_size=int(patch_size))
+
+    def remainder(self, other):
+        # aten.remainder.Scalar with a symbolic divisor (dynamic tile size): Python-style modulo on integers
+        return op.Mod(self, op.CastLike(other, self), fmod=0)
+
+    return {
+        "remainder": remainder,
+        "functions": {"SpectralAttention": SpectralAttention, "PatchMatch": PatchMatch},
+        "deform_conv": deform_conv,
+        "standard": {"spectral_attention": attention_standard, "patch_match": patch_match_standard},
+        "custom": {"spectral_attention": attention_custom, "patch_match": patch_match_custom},
+    }
+
+
+def reference_functions() -> list:
+    """FunctionProtos (domain ``sschsr``) whose bodies compute our custom nodes with standard ops.
+
+    Attach them to a custom-mode model (``model.functions.extend(...)``) to run it on ONNX Runtime; TensorRT must see
+    the model *without* them so that its parser hands the nodes to our plugins.
+    """
+    out = []
+    for name, fn in _script()["functions"].items():
+        proto = fn.to_function_proto()
+        proto.domain = CUSTOM_DOMAIN
+        proto.name = name
+        out.append(proto)
+    return out
+
+
+def translation_table(ops: str) -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export`` in the given operator mode."""
+    if ops not in OPS_MODES:
+        raise ValueError(f"ops must be one of {OPS_MODES}, got {ops!r}")
+    s = _script()
+    table = {torch.ops.sschsr.modulated_deform_conv2d.default: s["deform_conv"]}
+    table[torch.ops.sschsr.spectral_attention.default] = s[ops]["spectral_attention"]
+    table[torch.ops.sschsr.patch_match.default] = s[ops]["patch_match"]
+    return table
+
+
+# every op as a single torch node while tracing; the translation table decides what each becomes in ONNX
+_TRACE_AS_OPS = dict(modulated_deform_conv2d="op", spectral_attention="op", patch_match="op", gram_and_norms="op")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# fp16 islands
+
+def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple):
+        return tuple(_cast_floats(o, dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_cast_floats(o, dtype) for o in obj]
+    return obj
+
+
+def _island_module(module: nn.Module, low: torch.dtype, out_dtype: torch.dtype | None = None) -> list:
+    """Keep ``module`` in float32: parameters fp32, float inputs cast up, float outputs cast to ``out_dtype``."""
+    module.float()
+    out_dtype = low if out_dtype is None else out_dtype
+    h1 = module.register_forward_pre_hook(lambda m, args: _cast_floats(args, torch.float32))
+    h2 = module.register_forward_hook(lambda m, args, out: _cast_floats(out, out_dtype))
+    return [h1, h2]
+
+
+def _island_fn(fn: Callable, out_like_arg: int | None = 0, cast_out: bool = True) -> Callable:
+    """Wrap an op entry point: float tensor args → fp32; outputs → dtype of argument ``out_like_arg``."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        target = args[out_like_arg].dtype if out_like_arg is not None else None
+        out = fn(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
+        return _cast_floats(out, target) if (cast_out and target is not None) else out
+
+    return wrapped
+
+
+# (module path, attribute, argument whose dtype the result takes or None to keep fp32)
+_ISLAND_FUNCTIONS = (
+    ("sschsr_deploy.model.attention", "spectral_attention", 0),
+    ("sschsr_deploy.model.correspondence", "patch_match", None),  # index int64, similarity stays fp32
+    ("sschsr_deploy.model.ssc_hsr", "warp_reference_official", 0),
+    ("sschsr_deploy.model.ssc_hsr", "warp_reference_exact", 0),
+    ("sschsr_deploy.model.decoder", "flow_warp_features", 0),
+)
+
+
+@contextlib.contextmanager
+def fp16_islands(model: SSCHSR | nn.Module, dtype: torch.dtype = torch.float16) -> Iterator[nn.Module]:
+    """A float16 copy of ``model`` with the float32 islands listed in the module docstring, while the context lasts.
+
+    Yields the converted copy (``model`` itself is untouched). The model modules' op entry points are rebound for
+    the duration of the context, so trace inside it.
+    """
+    from ..model.attention import ChannelLayerNorm
+    from ..model.decoder import DeformableAggregation
+    from ..model.raft import RAFT, ContextBatchNorm
+
+    m = copy.deepcopy(model).to(dtype)
+    hooks: list = []
+    for mod in m.modules():
+        if isinstance(mod, ChannelLayerNorm | nn.InstanceNorm2d | ContextBatchNorm | DeformableAggregation):
+            hooks += _island_module(mod, dtype)
+        elif isinstance(mod, RAFT):
+            # features in fp16 convs, correlation / lookup / coordinates in fp32
+            hooks.append(mod.fnet.register_forward_pre_hook(lambda _m, a: _cast_floats(a, dtype)))
+            hooks.append(mod.fnet.register_forward_hook(lambda _m, a, out: out.float()))
+            hooks.append(mod.cnet.register_forward_pre_hook(lambda _m, a: _cast_floats(a, dtype)))
+            ub = mod.update_block
+            hooks.append(ub.register_forward_pre_hook(lambda _m, a: _cast_floats(a, dtype)))
+            hooks.append(ub.register_forward_hook(lambda _m, a, out: (out[0], out[1].float())))
+            hooks.append(ub.mask.register_forward_hook(lambda _m, a, out: out.float()))
+    saved = []
+    try:
+        for mod_name, attr, like in _ISLAND_FUNCTIONS:
+            module = importlib.import_module(mod_name)
+            original = getattr(module, attr)
+            saved.append((module, attr, original))
+            setattr(module, attr, _island_fn(original, like, cast_out=like is not None))
+        yield m
+    finally:
+        for module, attr, original in saved:
+            setattr(module, attr, original)
+        for h in hooks:
+            h.remove()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the exported networks
+
+class TileNetwork(nn.Module):
+    """The per-tile network: five fp32 inputs → fp32 ``out``; casts to the compute dtype at the boundary."""
+
+    def __init__(self, model: SSCHSR, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, hsi_sr: Tensor, hsi_rgb_sr: Tensor, ref_hr: Tensor, hsi_rgb_sr_flow: Tensor,
+                ref_hr_flow: Tensor) -> Tensor:
+        d = self.dtype
+        out = self.model(hsi_sr.to(d), hsi_rgb_sr.to(d), ref_hr.to(d), hsi_rgb_sr_flow, ref_hr_flow)
+        return out.float()
+
+
+class FlowNetwork(nn.Module):
+    """RAFT alone: the two flow inputs (0..255) → flow (B, 2, H, W) in HR pixels, fixed iteration count."""
+
+    def __init__(self, model: SSCHSR, iters: int) -> None:
+        super().__init__()
+        self.flownet = model.flownet
+        self.iters = iters
+
+    def forward(self, hsi_rgb_sr_flow: Tensor, ref_hr_flow: Tensor) -> Tensor:
+        return self.flownet(hsi_rgb_sr_flow, ref_hr_flow, iters=self.iters).float()
+
+
+def build_model(preset: str = "tiny", weights: str | os.PathLike | None = None, raft_iters: int | None = None,
+                batchnorm_mode: str = "running", seed: int = 0, **overrides) -> SSCHSR:
+    """An eval-mode model of ``preset``: official weights from ``weights`` (strict) or seeded random weights."""
+    from ..model import get_preset
+
+    cfg = get_preset(preset, **overrides)
+    if raft_iters is not None:
+        cfg = dataclasses.replace(cfg, raft=dataclasses.replace(cfg.raft, iters=int(raft_iters)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SSCHSR(cfg, batchnorm_mode=batchnorm_mode)  # type: ignore[arg-type]
+    if weights is not None:
+        from ..checkpoint import load_official_checkpoint
+
+        model.load_official_state_dict(load_official_checkpoint(weights), strict=True)
+    model.eval()
+    model.validate_inputs = False  # data-dependent checks cannot be traced; export checks the shapes itself
+    return model
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict (sorted keys, dtype, raw bytes): identifies the weights inside a graph.
+
+    Byte-for-byte the same digest as ``sschsr_deploy.runtime.backends.state_dict_sha256``, so an ONNX file, an engine
+    sidecar and a runtime output sidecar name the same weights the same way.
+    """
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        t = value.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def example_inputs(bands: int, batch: int, tile: tuple[int, int], seed: int = 0, part: str = "tile") -> tuple:
+    """A generated input set: smooth random images in the official value ranges ([0, 1]; flow inputs 0..255),
+    the reference a shifted copy of the HSI pseudo-RGB so that flow and matching see real structure."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = tile
+
+    def smooth(c: int) -> Tensor:
+        low = torch.rand(batch, c, max(2, h // 8), max(2, w // 8), generator=g)
+        img = torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic", align_corners=False)
+        return (img + 0.05 * torch.rand(batch, c, h, w, generator=g)).clamp(0, 1)
+
+    rgb = smooth(3)
+    ref = torch.roll(rgb, shifts=(3, -2), dims=(2, 3)) * 0.9 + 0.05
+    if part == "flow":
+        return (rgb * 255.0, ref * 255.0)
+    return (smooth(bands), rgb, ref, rgb * 255.0, ref * 255.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checks
+
+@dataclass
+class ParityReport:
+    """ONNX Runtime vs PyTorch on one generated input.
+
+    ``rel_l2`` = ‖ort − torch‖ / ‖torch‖. For the tile network the output is ``hsi_sr`` plus what the network adds,
+    and the pass-through dominates the norm, so the check also reports ``rel_l2_residual`` = ‖ort − torch‖ /
+    ‖torch − hsi_sr‖ and applies the tolerance to it (stricter; a 1 % error in one VGG conv moves ``rel_l2`` by
+    3.5e-5 but the residual measure by 2.6e-4).
+    """
+
+    max_abs: float
+    rel_l2: float
+    tolerance: float
+    providers: list[str]
+    batch: int
+    ort_seconds: float
+    custom_functions_attached: bool = False
+    rel_l2_residual: float | None = None
+
+    @property
+    def checked(self) -> float:
+        return self.rel_l2 if self.rel_l2_residual is None else max(self.rel_l2, self.rel_l2_residual)
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.checked)) and self.checked <= self.tolerance
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"ok": self.ok}
+
+
+def make_session(model_or_path, providers: Sequence[str] | None = None, threads: int | None = None):
+    """An ONNX Runtime session whose providers are asserted: the first requested provider must be active.
+
+    ``providers`` defaults to CUDA (when ONNX Runtime offers it and torch sees a GPU) then CPU. Without this check,
+    ONNX Runtime silently falls back to the CPU when CUDA cannot be used.
+    """
+    import onnxruntime as ort
+
+    if providers is None:
+        avail = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in avail and torch.cuda.is_available():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
+    sess = ort.InferenceSession(src, sess_options=opts, providers=list(providers))
+    active = sess.get_providers()
+    if not active or active[0] != providers[0]:
+        raise ExportCheckError(
+            f"ONNX Runtime did not activate {providers[0]} (active: {active}); refusing a silent fallback"
+        )
+    return sess
+
+
+def _has_custom_nodes(model) -> bool:
+    return any(n.domain == CUSTOM_DOMAIN for n in model.graph.node)
+
+
+def check_onnx(
+    model_or_path,
+    reference: Callable[..., Tensor],
+    inputs: Sequence[Tensor],
+    tolerance: float,
+    providers: Sequence[str] | None = None,
+    residual_of: int | None = None,
+) -> ParityReport:
+    """Checker (full), shape inference and an ONNX Runtime parity run of a saved graph; raises on any failure.
+
+    ``reference(*inputs)`` gives the PyTorch result. ``residual_of``: index of an input the output adds to (the tile
+    network's ``hsi_sr``): the error is then also measured relative to ``output − input`` (see
+    :class:`ParityReport`). Custom-domain nodes are run through their reference function
+    bodies (:func:`reference_functions`) attached to an in-memory copy.
+    """
+    import onnx
+
+    _register_schemas()
+    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportCheckError(f"onnx.checker rejected the graph: {exc}") from exc
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:  # onnx raises InferenceError and others here
+        raise ExportCheckError(f"ONNX shape inference failed: {exc}") from exc
+
+    run_model = model
+    attached = False
+    if _has_custom_nodes(model):
+        run_model = copy.deepcopy(model)
+        have = {(f.domain, f.name) for f in run_model.functions}
+        run_model.functions.extend(f for f in reference_functions() if (f.domain, f.name) not in have)
+        attached = True
+    try:
+        sess = make_session(run_model, providers)
+        feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(sess.get_inputs(), inputs, strict=True)}
+        t0 = time.perf_counter()
+        got = sess.run(None, feeds)[0]
+        ort_s = time.perf_counter() - t0
+    except ExportCheckError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidArgument, …)
+        raise ExportCheckError(f"ONNX Runtime could not run the graph: {exc}") from exc
+    with torch.no_grad():
+        want = reference(*inputs).detach().float().cpu().numpy()
+    if got.shape != want.shape:
+        raise ExportCheckError(f"ONNX Runtime output shape {got.shape} != PyTorch {want.shape}")
+    diff = got.astype(np.float64) - want.astype(np.float64)
+    denom = float(np.linalg.norm(want.astype(np.float64))) or 1.0
+    residual = None
+    if residual_of is not None:
+        base = inputs[residual_of].detach().float().cpu().numpy().astype(np.float64)
+        residual = float(np.linalg.norm(diff)) / (float(np.linalg.norm(want - base)) or 1.0)
+    report = ParityReport(
+        max_abs=float(np.abs(diff).max()) if diff.size else 0.0,
+        rel_l2=float(np.linalg.norm(diff)) / denom,
+        tolerance=tolerance,
+        providers=list(sess.get_providers()),
+        batch=int(inputs[0].shape[0]),
+        ort_seconds=ort_s,
+        custom_functions_attached=attached,
+        rel_l2_residual=residual,
+    )
+    if not report.ok:
+        raise ExportCheckError(
+            f"ONNX Runtime parity failed: relative L2 error {report.checked:.3g} > {tolerance:g} "
+            f"(of the output {report.rel_l2:.3g}, of the residual {report.rel_l2_residual}, max |Δ| "
+            f"{report.max_abs:.3g}, providers {report.providers})"
+        )
+    return report
+
+
+def read_metadata(model_or_path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict."""
+    import onnx
+
+    model = model_or_path if isinstance(model_or_path, onnx.ModelProto) else onnx.load(str(model_or_path),
+                                                                                         load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# export
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict[str, str]
+    export_seconds: float
+    parity: ParityReport | None
+    op_counts: dict[str, int] = field(default_factory=dict)
+    extra_parity: ParityReport | None = None  # the second tile size of a dynamic-tile export
+
+    def as_dict(self) -> dict:
+        return {
+            "path": str(self.path), "metadata": self.metadata, "export_seconds": round(self.export_seconds, 2),
+            "parity": None if self.parity is None else self.parity.as_dict(), "op_counts": self.op_counts,
+            "extra_parity": None if self.extra_parity is None else self.extra_parity.as_dict(),
+        }
+
+
+def _atomic_save(model, path: Path) -> None:
+    import secrets
+
+    import onnx
+
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
+    try:
+        onnx.save(model, str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def export_module(
+    module: nn.Module,
+    inputs: Sequence[Tensor],
+    path: str | os.PathLike,
+    *,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    ops: str = "standard",
+    opset: int = DEFAULT_OPSET,
+    batch_range: tuple[int, int] | None = None,
+    spatial_range: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    metadata: dict[str, Any] | None = None,
+    reference: Callable[..., Tensor] | None = None,
+    check_inputs: Sequence[Tensor] | None = None,
+    tolerance: float = FP32_TOLERANCE,
+    check: bool = True,
+    providers: Sequence[str] | None = None,
+) -> ExportResult:
+    """Export any module whose custom ops are ``torch.ops.sschsr.*``; the building block of :func:`export_onnx`.
+
+    ``batch_range=(lo, hi)`` with ``hi > lo`` makes dimension 0 of every input dynamic (named ``batch``); the
+    example ``inputs`` must then have batch ≥ 2. ``spatial_range=((h_min, h_max), (w_min, w_max))`` makes
+    dimensions 2 and 3 of every (NCHW) input dynamic, in multiples of 8 (named ``height``, ``width``).
+    ``reference`` (default: ``module``) and ``check_inputs`` (default: ``inputs``) drive the parity run.
+    """
+    import onnx
+
+    if ops not in OPS_MODES:
+        raise ValueError(f"ops must be one of {OPS_MODES}, got {ops!r}")
+    path = Path(path)
+    dims: dict[int, Any] = {}
+    names: dict[int, str] = {}
+    if batch_range is not None and batch_range[1] > batch_range[0]:
+        if inputs[0].shape[0] < 2:
+            raise ValueError("a dynamic batch needs example inputs with batch >= 2 (torch.export specialises 1)")
+        dims[0] = torch.export.Dim("batch", min=int(batch_range[0]), max=int(batch_range[1]))
+        names[0] = "batch"
+    for axis, name, rng in ((2, "height", spatial_range[0] if spatial_range else None),
+                            (3, "width", spatial_range[1] if spatial_range else None)):
+        if rng is not None and rng[1] > rng[0]:
+            dims[axis] = 8 * torch.export.Dim(f"{name}_8", min=int(rng[0]) // 8, max=int(rng[1]) // 8)
+            names[axis] = name
+    dynamic_shapes = tuple(dict(dims) for _ in inputs) if dims else None
+    table = translation_table(ops)
+    if 2 in dims or 3 in dims:
+        table[torch.ops.aten.remainder.Scalar] = _script()["remainder"]
+    _register_schemas()
+    t0 = time.perf_counter()
+    with torch.no_grad(), forced_backends(**_TRACE_AS_OPS):
+        program = torch.onnx.export(
+            module, tuple(inputs), dynamo=True, opset_version=opset, input_names=list(input_names),
+            output_names=list(output_names), dynamic_shapes=dynamic_shapes,
+            custom_translation_table=table, optimize=True, verbose=False,
+        )
+    model = program.model_proto
+    elapsed = time.perf_counter() - t0
+    from .graph import rename_dynamic_dims, set_metadata
+
+    if names:
+        rename_dynamic_dims(model, names)
+    if _has_custom_nodes(model) and not any(o.domain == CUSTOM_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(CUSTOM_DOMAIN, 1))
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta.setdefault("opset", str(opset))
+    meta.setdefault("ops", ops)
+    set_metadata(model, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(model, path)
+    parity = None
+    if check:
+        ref = reference or module
+        parity = check_onnx(path, ref, check_inputs if check_inputs is not None else inputs, tolerance, providers)
+    counts = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.node)
+    return ExportResult(path, read_metadata(model), elapsed, parity, dict(sorted(counts.items())))
+
+
+def export_onnx(
+    model: SSCHSR,
+    path: str | os.PathLike,
+    *,
+    tile: tuple[int, int] = (128, 128),
+    tile_min: tuple[int, int] | None = None,
+    tile_max: tuple[int, int] | None = None,
+    batch_range: tuple[int, int] = (1, 8),
+    precision: str = "fp32",
+    ops: str = "standard",
+    part: str = "tile",
+    opset: int = DEFAULT_OPSET,
+    raft_iters: int | None = None,
+    preset: str | None = None,
+    weights_sha256: str | None = None,
+    check_batch: int | None = None,
+    seed: int = 0,
+    providers: Sequence[str] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Export the per-tile network (``part="tile"``) or the flow estimator (``part="flow"``) to ``path``.
+
+    ``tile`` (H, W): the traced (and TensorRT-optimal) tile size, multiples of 8, at least 128 (the model's
+    requirements). ``tile_min``/``tile_max`` (default: ``tile``): bounds of a dynamic tile size — when they differ
+    from ``tile`` the height/width are dynamic in multiples of 8 within the bounds, and the parity check runs at two
+    sizes. ``batch_range``: dynamic batch bounds (``(n, n)`` for a static batch n). ``weights_sha256`` defaults
+    to the hash of the model's state dict (:func:`state_dict_sha256`). Always runs the checks of
+    :func:`check_onnx` (on a batch of ``check_batch``, default the minimum batch) and raises ``ExportCheckError``
+    when one fails. Returns an :class:`ExportResult` (path, metadata, export time, parity).
+    """
+    from .. import __version__
+    from ..model.presets import MIN_SIZE, SIZE_MULTIPLE
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    h, w = (int(tile[0]), int(tile[1]))
+    tmin = tuple(int(v) for v in (tile_min or (h, w)))
+    tmax = tuple(int(v) for v in (tile_max or (h, w)))
+    for name, (th, tw) in (("tile", (h, w)), ("tile_min", tmin), ("tile_max", tmax)):
+        if th < MIN_SIZE or tw < MIN_SIZE or th % SIZE_MULTIPLE or tw % SIZE_MULTIPLE:
+            raise ValueError(f"{name} {th}x{tw}: height and width must be multiples of {SIZE_MULTIPLE} and "
+                             f">= {MIN_SIZE}")
+    if not (tmin[0] <= h <= tmax[0] and tmin[1] <= w <= tmax[1]):
+        raise ValueError(f"tile {h}x{w} is outside [{tmin[0]}x{tmin[1]}, {tmax[0]}x{tmax[1]}]")
+    dynamic_tile = tmin != tmax
+    lo, hi = int(batch_range[0]), int(batch_range[1])
+    if not 1 <= lo <= hi:
+        raise ValueError(f"batch_range must satisfy 1 <= min <= max, got {batch_range}")
+    cfg = model.config
+    iters = int(raft_iters if raft_iters is not None else cfg.raft.iters)
+    model = copy.deepcopy(model).eval()
+    model.validate_inputs = False
+    model.flownet.cfg = dataclasses.replace(model.flownet.cfg, iters=iters)
+    model.config = dataclasses.replace(cfg, raft=model.flownet.cfg)
+    weights_sha256 = weights_sha256 or state_dict_sha256(model)
+
+    example_batch = max(2, lo) if hi > lo else lo
+    inputs = example_inputs(cfg.bands, example_batch, (h, w), seed, part)
+    cb = check_batch if check_batch is not None else lo
+    check_in = example_inputs(cfg.bands, cb, (h, w), seed + 1, part)
+    names = INPUT_NAMES if part == "tile" else FLOW_INPUT_NAMES
+    out_name = "out" if part == "tile" else "flow"
+    islands = (
+        "spectral_attention,layer_norms,raft_norms,raft_correlation_lookup_coords,patch_match,warps,deform_aggregation"
+        if precision == "fp16" else ""
+    )
+    metadata = {
+        "producer": "sschsr-deploy", "package_version": __version__, "part": part,
+        "preset": preset or "custom", "bands": cfg.bands, "scale": cfg.scale,
+        "tile_height": h, "tile_width": w, "tile_min": f"{tmin[0]}x{tmin[1]}", "tile_max": f"{tmax[0]}x{tmax[1]}",
+        "dynamic_tile": dynamic_tile,
+        "batch_min": lo, "batch_max": hi, "raft_iters": iters, "opset": opset, "precision": precision, "ops": ops,
+        "weights_sha256": weights_sha256, "batchnorm_mode": model.batchnorm_mode,
+        "official_warp_quirk": cfg.official_warp_quirk, "fp32_islands": islands,
+        "inputs": ",".join(names), "outputs": out_name, "torch_version": torch.__version__,
+        **(extra_metadata or {}),
+    }
+
+    def fp32_reference(*xs: Tensor) -> Tensor:
+        net = (TileNetwork(model) if part == "tile" else FlowNetwork(model, iters)).eval()
+        with forced_backends(modulated_deform_conv2d="reference", spectral_attention="reference",
+                             patch_match="reference", gram_and_norms="reference"):
+            return net(*xs)
+
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    islands_ctx = fp16_islands(model, dtype) if precision == "fp16" else contextlib.nullcontext(model)
+    with islands_ctx as m:
+        net = (TileNetwork(m, dtype) if part == "tile" else FlowNetwork(m, iters)).eval()
+        result = export_module(
+            net, inputs, path, input_names=names, output_names=[out_name], ops=ops, opset=opset,
+            batch_range=(lo, hi), spatial_range=((tmin[0], tmax[0]), (tmin[1], tmax[1])) if dynamic_tile else None,
+            metadata=metadata, check=False,
+        )
+    tol = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
+    residual_of = 0 if part == "tile" else None
+    result.parity = check_onnx(result.path, fp32_reference, check_in, tol, providers, residual_of=residual_of)
+    if dynamic_tile:  # a second size proves the graph is really size-generic
+        other = tmin if tmin != (h, w) else tmax
+        xs_other = example_inputs(cfg.bands, cb, other, seed + 2, part)
+        result.extra_parity = check_onnx(result.path, fp32_reference, xs_other, tol, providers,
+                                         residual_of=residual_of)
+    return result
