@@ -67,7 +67,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import hashlib
 import importlib
 import os
 import time
@@ -81,6 +80,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import state_dict_sha256
 from ..errors import SSCHSRError
 from ..model import INPUT_NAMES, SSCHSR
 from ..ops._backend import forced_backends
@@ -448,21 +448,6 @@ def build_model(preset: str = "tiny", weights: str | os.PathLike | None = None, 
     model.eval()
     model.validate_inputs = False  # data-dependent checks cannot be traced; export checks the shapes itself
     return model
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over the state dict (sorted keys, dtype, raw bytes): identifies the weights inside a graph.
-
-    Byte-for-byte the same digest as ``sschsr_deploy.runtime.backends.state_dict_sha256``, so an ONNX file, an engine
-    sidecar and a runtime output sidecar name the same weights the same way.
-    """
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        t = value.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def example_inputs(bands: int, batch: int, tile: tuple[int, int], seed: int = 0, part: str = "tile") -> tuple:
