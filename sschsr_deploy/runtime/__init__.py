@@ -1,0 +1,55 @@
+"""Tiled inference runtime: tile planner, blender, backends, GPU stream executor and the pipeline that joins them.
+
+Typical use::
+
+    from sschsr_deploy.runtime import Pipeline, load_model
+
+    model, info = load_model("tiny", "weights.safetensors")
+    pipe = Pipeline(model, device="cuda", tile=256, batch=4, model_info=info)
+    hr = pipe.run(lr_hwc, rgb_hwc, scale=4)          # numpy H x W x C in, numpy out
+    pipe.run_files("lr.mat", "rgb.png", 4, "hr.npy")  # lazy read, streamed atomic write + hr.npy.json
+"""
+
+from .backends import BACKENDS, Backend, TorchBackend, create_backend, load_model, state_dict_sha256
+from .blender import StreamingBlender, blend
+from .pipeline import REF_SIZE_TOLERANCE, Pipeline, PreparedScene, match_reference_size
+from .planner import (
+    DEFAULT_MARGIN,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    TilePlan,
+    Window,
+    axis_weights,
+    choose_tile,
+    estimate_forward_bytes,
+    padded_size,
+    plan_tiles,
+)
+from .streams import HostBatch, TileExecutor
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MARGIN",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_TILE",
+    "REF_SIZE_TOLERANCE",
+    "Backend",
+    "HostBatch",
+    "Pipeline",
+    "PreparedScene",
+    "StreamingBlender",
+    "TileExecutor",
+    "TilePlan",
+    "TorchBackend",
+    "Window",
+    "axis_weights",
+    "blend",
+    "choose_tile",
+    "create_backend",
+    "estimate_forward_bytes",
+    "load_model",
+    "match_reference_size",
+    "padded_size",
+    "plan_tiles",
+    "state_dict_sha256",
+]

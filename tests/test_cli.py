@@ -1,0 +1,202 @@
+"""The command line through ``main([...])``: success paths, one-line errors with non-zero exits, no partial outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+
+from sschsr_deploy.cli import main
+from sschsr_deploy.data import make_scene
+from sschsr_deploy.io import load_hsi, write_hsi, write_rgb
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A 32 x 32 LR cube (128 x 128 HR at scale 4) and a 16-bit PNG reference."""
+    folder = tmp_path_factory.mktemp("cli_inputs")
+    s = make_scene(seed=11, size=(128, 128), scale=4)
+    write_hsi(folder / "lr.npy", s.lr_hsi)
+    write_rgb(folder / "ref16.png", s.ref_rgb.astype(np.uint16) * 257)
+    write_rgb(folder / "ref.png", s.ref_rgb)
+    return folder, s
+
+
+def _infer(files, out, *extra):
+    folder, _ = files
+    return main(["infer", "--hsi", str(folder / "lr.npy"), "--ref", str(folder / "ref16.png"), "--scale", "4",
+                 "--out", str(out), "--preset", "tiny", "--allow-random-weights", "--quiet", *extra])
+
+
+def _one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("sschsr-deploy: error")]
+    assert len(errors) == 1, err
+    assert not any("Traceback" in line for line in err)
+    return errors[0]
+
+
+def _no_outputs(folder):
+    return not [p for p in os.listdir(folder) if p.startswith("out") or ".partial" in p]
+
+
+def test_infer_writes_output_and_sidecar(files, tmp_path, capsys):
+    assert _infer(files, tmp_path / "out.mat", "--format", "mat73", "--tile", "whole") == 0
+    out = load_hsi(tmp_path / "out.mat", bands=31)
+    assert out.shape == (128, 128, 31) and np.isfinite(out).all()
+    meta = json.loads((tmp_path / "out.mat.json").read_text())
+    assert meta["model"]["random_weights"] is True and meta["output_format"] == "mat73"
+    assert meta["tiling"]["plan"]["whole_image"] is True
+    assert "RANDOM WEIGHTS" in capsys.readouterr().err
+    with h5py.File(tmp_path / "out.mat") as f:  # MATLAB v7.3 (HDF5 with the MATLAB header)
+        assert f["hsi"].shape == (31, 128, 128)
+    assert (tmp_path / "out.mat").read_bytes()[:10] == b"MATLAB 7.3"
+
+
+def test_infer_refuses_random_weights_without_flag(files, tmp_path, capsys):
+    folder, _ = files
+    rc = main(["infer", "--hsi", str(folder / "lr.npy"), "--ref", str(folder / "ref.png"), "--scale", "4",
+               "--out", str(tmp_path / "out.npy")])
+    assert rc == 2
+    assert "--allow-random-weights" in _one_error_line(capsys)
+    assert _no_outputs(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing_hsi", "file not found"),
+        ("missing_ref", "file not found"),
+        ("unknown_ext", "unknown extension"),
+        ("out_dir_missing", "does not exist"),
+        ("mat_variable", "variable 'cube' not found"),
+        ("ambiguous", "ambiguous band order"),
+        ("wrong_bands", "has 20 bands but the model expects 31"),
+        ("ratio", "tolerance"),
+        ("nan", "non-finite"),
+        ("truncated", "truncated"),
+        ("bad_tile", "multiple of 8"),
+        ("backend", "not available yet"),
+        ("weights_missing", "weights file not found"),
+    ],
+)
+def test_errors_are_one_line_and_leave_nothing(files, tmp_path, capsys, case, expected):
+    folder, s = files
+    hsi, ref, out, extra = folder / "lr.npy", folder / "ref.png", tmp_path / "out.npy", []
+    if case == "missing_hsi":
+        hsi = tmp_path / "nope.npy"
+    elif case == "missing_ref":
+        ref = tmp_path / "nope.png"
+    elif case == "unknown_ext":
+        out = tmp_path / "out.xyz"
+    elif case == "out_dir_missing":
+        out = tmp_path / "missing_dir" / "out.npy"
+    elif case == "mat_variable":
+        hsi = tmp_path / "in.mat"
+        scipy.io.savemat(hsi, {"radiance": s.lr_hsi})
+        extra = ["--variable", "cube"]
+    elif case == "ambiguous":
+        hsi = tmp_path / "in.npy"
+        np.save(hsi, np.random.rand(32, 8, 32).astype(np.float32))
+    elif case == "wrong_bands":
+        hsi = tmp_path / "in.npy"
+        np.save(hsi, s.lr_hsi[..., :20])
+    elif case == "ratio":
+        ref = tmp_path / "small.png"
+        write_rgb(ref, s.ref_rgb[:100])
+    elif case == "nan":
+        hsi = tmp_path / "in.npy"
+        bad = s.lr_hsi.copy()
+        bad[1, 2, 3] = np.nan
+        np.save(hsi, bad)
+    elif case == "truncated":
+        hsi = tmp_path / "in.npy"
+        np.save(hsi, s.lr_hsi)
+        hsi.write_bytes(hsi.read_bytes()[:5000])
+    elif case == "bad_tile":
+        extra = ["--tile", "130"]
+    elif case == "backend":
+        extra = ["--backend", "onnxruntime"]
+    elif case == "weights_missing":
+        extra = ["--weights", str(tmp_path / "w.safetensors")]
+    rc = main(["infer", "--hsi", str(hsi), "--ref", str(ref), "--scale", "4", "--out", str(out), "--preset", "tiny",
+               "--allow-random-weights", "--quiet", *extra])
+    assert rc == 2
+    assert expected in _one_error_line(capsys)
+    assert _no_outputs(tmp_path)
+
+
+def test_interrupted_run_leaves_no_complete_looking_file(files, tmp_path, capsys, monkeypatch):
+    from sschsr_deploy.runtime import backends
+
+    calls = {"n": 0}
+    real_run = backends.TorchBackend.run
+
+    def flaky(self, *inputs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash in the middle of the run")
+        return real_run(self, *inputs)
+
+    monkeypatch.setattr(backends.TorchBackend, "run", flaky)
+    # 128 x 192 HR with 128 px tiles: two windows, the second one fails
+    s = make_scene(seed=12, size=(128, 192), scale=4)
+    write_hsi(tmp_path / "lr.npy", s.lr_hsi)
+    write_rgb(tmp_path / "ref.png", s.ref_rgb)
+    rc = main(["infer", "--hsi", str(tmp_path / "lr.npy"), "--ref", str(tmp_path / "ref.png"), "--scale", "4",
+               "--out", str(tmp_path / "out.npy"), "--preset", "tiny", "--allow-random-weights", "--quiet",
+               "--tile", "128"])
+    assert rc == 1 and calls["n"] == 2
+    err = capsys.readouterr().err
+    assert "simulated crash" in err and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["lr.npy", "ref.png"]
+
+    def interrupt(self, *inputs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backends.TorchBackend, "run", interrupt)
+    rc = main(["infer", "--hsi", str(tmp_path / "lr.npy"), "--ref", str(tmp_path / "ref.png"), "--scale", "4",
+               "--out", str(tmp_path / "out.npy"), "--preset", "tiny", "--allow-random-weights", "--quiet"])
+    assert rc == 130
+    assert sorted(os.listdir(tmp_path)) == ["lr.npy", "ref.png"]
+
+
+def test_debug_shows_the_traceback(files, tmp_path):
+    folder, _ = files
+    with pytest.raises(Exception, match="file not found"):
+        main(["--debug", "infer", "--hsi", str(tmp_path / "none.npy"), "--ref", str(folder / "ref.png"),
+              "--scale", "4", "--out", str(tmp_path / "o.npy"), "--allow-random-weights"])
+
+
+def test_usage_errors_return_2(capsys):
+    assert main(["infer", "--hsi", "x.npy"]) == 2
+    assert "required" in _one_error_line(capsys)
+    assert main(["bogus"]) == 2
+    assert main(["--version"]) == 0
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch:" in out and "native_extension:" in out and "triton:" in out
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"torch", "cuda_available", "native_extension", "libraries"} <= set(info)
+
+
+def test_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "128", "128", "--seed", "3", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("psnr", "sam", "ssim", "ergas"):
+        assert set(metrics[key]) == {"bicubic", "model"}
+        assert np.isfinite(metrics[key]["bicubic"]) and np.isfinite(metrics[key]["model"])
+    assert metrics["random_weights"] is True and "random weights" in metrics["weights"]
+    assert metrics["psnr"]["bicubic"] > 20
+    assert (out / "preview.png").stat().st_size > 0
+    assert load_hsi(out / "output.npy").shape == (128, 128, 31)
+    assert json.loads((out / "output.npy.json").read_text())["demo"]["seed"] == 3
