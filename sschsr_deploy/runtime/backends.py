@@ -10,7 +10,6 @@ backends arrive with the export issue; :func:`create_backend` names them and rai
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sschsr_deploy.checkpoint import state_dict_sha256
 from sschsr_deploy.errors import InputValidationError
 
 __all__ = ["BACKENDS", "Backend", "TorchBackend", "create_backend", "load_model", "state_dict_sha256"]
@@ -55,17 +55,6 @@ class Backend(ABC):
             inputs = [torch.zeros(s, device=self.device) for s in shapes]
             inputs[1] += 0.5  # constant images are fine for the network; avoid exact zeros in the normalisations
             self.run(*inputs)
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """SHA-256 over the model's state dict (sorted keys, raw float bytes): identifies the weights in sidecars."""
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        t = value.detach().cpu().contiguous()
-        h.update(str(t.dtype).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class TorchBackend(Backend):
