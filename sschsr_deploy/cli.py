@@ -86,14 +86,21 @@ def _build_parser() -> _Parser:
     p.add_argument("--out-variable", default="hsi", help="array name in .npz/.mat/.h5 outputs (default hsi)")
     p.add_argument("--variable", help="array name to read from .npz/.mat/.h5 inputs (default: the only 3-D one)")
     p.add_argument("--hsi-layout", choices=("hwc", "chw"), help="input band order when it cannot be detected")
-    p.add_argument("--weights", help="model weights: .safetensors or an official .pth checkpoint")
+    p.add_argument("--weights", help="model weights: .safetensors or an official .pth checkpoint (torch backend)")
+    p.add_argument("--engine", metavar="PATH",
+                   help="an exported model instead of --weights: .onnx (export/export_onnx.py, standard ops; "
+                        "onnxruntime backend) or .engine/.plan (export/build_engine.py; tensorrt backend, CUDA). "
+                        "Its own band count, RAFT iterations and batch-norm mode apply (--preset, --bands, --bn-mode "
+                        "are ignored); a fixed-tile export runs its own tile unless --tile asks for another (error)")
     p.add_argument("--preset", choices=("tiny", "official"), default="official", help="network size (default official)")
     p.add_argument("--bands", type=int, default=31, help="bands the model is built for (default 31)")
     p.add_argument("--rgb-bands", type=int, nargs=3, metavar=("R", "G", "B"),
                    help="pseudo-RGB band indices (default 15 8 3 for 31 bands)")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"),
-                   help="inference backend (only torch for now)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"),
+                   help="inference backend (default: torch; with --engine, from its suffix)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (torch backend)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="capture CUDA graphs per input shape and replay them (tensorrt backend; unverified)")
     p.add_argument("--bn-mode", choices=("running", "batch"), default="running",
                    help="RAFT context batch norm: running statistics (eval) or batch statistics (official test)")
     p.add_argument("--output-scale", choices=("input", "unit"), default="input",
@@ -101,6 +108,9 @@ def _build_parser() -> _Parser:
     p.add_argument("--allow-random-weights", action="store_true",
                    help="run without --weights on an untrained network (testing only)")
     add_runtime(p)
+    # no --tile given: the Pipeline's "default" (256 px, or an exported model's own tile). A non-str sentinel, which
+    # argparse leaves as is (a str default would go through --tile's type conversion).
+    p.set_defaults(tile=object())
 
     p = sub.add_parser("info", help="show the environment: versions, CUDA, native extension, Triton")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -124,6 +134,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from sschsr_deploy.io.atomic import check_writable
     from sschsr_deploy.io.hsi import format_from_path
     from sschsr_deploy.runtime import Pipeline, load_model
+    from sschsr_deploy.runtime.backends import ENGINE_SUFFIXES, backend_for_path
 
     out = check_writable(args.out)
     format_from_path(out, args.format)
@@ -131,19 +142,53 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         path = Path(getattr(args, name))
         if not path.exists():
             raise InputValidationError(f"--{name}: file not found: {path}")
-    if args.weights is None and not args.allow_random_weights:
-        raise InputValidationError(
-            "no --weights given; refusing to run an untrained network (pass --allow-random-weights to run with "
-            "random weights, for testing only)"
-        )
-    model, info = load_model(args.preset, args.weights, bands=args.bands, batchnorm_mode=args.bn_mode)
-    if info["random_weights"]:
-        log.warning("RANDOM WEIGHTS: no --weights given; the output is NOT a super-resolved image (testing only)")
-    pipe = Pipeline(
-        model, backend=args.backend, device=args.device, tile=args.tile, overlap=args.overlap, margin=args.margin,
-        batch=args.batch, quiet=args.quiet, compile=args.compile, rgb_bands=args.rgb_bands,
-        output_scale=args.output_scale, model_info=info,
+    tile = args.tile if args.tile is None or isinstance(args.tile, int | str) else "default"
+    backend = args.backend
+    common = dict(
+        device=args.device, tile=tile, overlap=args.overlap, margin=args.margin, batch=args.batch, quiet=args.quiet,
+        rgb_bands=args.rgb_bands, output_scale=args.output_scale,
     )
+    if args.engine is not None:
+        engine = Path(args.engine)
+        if args.weights is not None:
+            raise InputValidationError("give --weights (torch backend) or --engine (an exported model), not both")
+        if backend is None:
+            backend = backend_for_path(engine)
+        elif backend == "torch":
+            raise InputValidationError("--engine runs an exported model: use --backend onnxruntime (.onnx) or "
+                                       "tensorrt (.engine); the torch backend takes --weights")
+        made_for = ENGINE_SUFFIXES.get(engine.suffix.lower())
+        if made_for is not None and made_for != backend:
+            raise InputValidationError(
+                f"--engine {engine.name} is a file for the {made_for} backend, not {backend} (ONNX files run on "
+                "onnxruntime; TensorRT engines are built from them with export/build_engine.py)"
+            )
+        if not engine.exists():
+            raise InputValidationError(f"--engine: file not found: {engine}")
+        if args.compile:
+            raise InputValidationError("--compile applies to the torch backend only")
+        if args.cuda_graph and backend != "tensorrt":
+            raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
+        options = {"cuda_graph": True} if args.cuda_graph else {}
+        pipe = Pipeline(engine, backend=backend, backend_options=options, **common)
+    else:
+        backend = backend or "torch"
+        if backend != "torch":
+            raise InputValidationError(
+                f"--backend {backend} runs an exported model: give --engine PATH (an .onnx file from "
+                "export/export_onnx.py, or a TensorRT engine from export/build_engine.py)"
+            )
+        if args.cuda_graph:
+            raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
+        if args.weights is None and not args.allow_random_weights:
+            raise InputValidationError(
+                "no --weights given; refusing to run an untrained network (pass --allow-random-weights to run with "
+                "random weights, for testing only)"
+            )
+        model, info = load_model(args.preset, args.weights, bands=args.bands, batchnorm_mode=args.bn_mode)
+        if info["random_weights"]:
+            log.warning("RANDOM WEIGHTS: no --weights given; the output is NOT a super-resolved image (testing only)")
+        pipe = Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
     t0 = time.perf_counter()
     path = pipe.run_files(
         args.hsi, args.ref, args.scale, out, format=args.format, out_layout=args.out_layout, variable=args.variable,
@@ -152,7 +197,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     if not args.quiet:
         plan = pipe.last_plan
         print(f"wrote {path} ({plan.height}x{plan.width}x{pipe.backend.bands} float32, {len(plan)} window(s), "
-              f"{time.perf_counter() - t0:.1f} s)")
+              f"{pipe.backend.name}, {time.perf_counter() - t0:.1f} s)")
     return EXIT_OK
 
 

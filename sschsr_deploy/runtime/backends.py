@@ -1,11 +1,19 @@
 """Inference backends behind one small interface: the pipeline hands a backend batched windows and gets the HR cube.
 
 A :class:`Backend` takes the five model inputs as B x C x h x w float32 tensors already on its device and returns the
-B x bands x h x w output there. The pipeline never asks which backend it has; it reads ``device``, ``bands`` and
-``batch_independent`` and calls :meth:`Backend.run`.
+B x bands x h x w output there. The pipeline never asks which backend it has; it reads ``device``, ``bands``,
+``batch_independent`` and the shape limits (``tile_bounds``, ``preferred_tile``, ``max_batch``), and calls
+:meth:`Backend.run`.
 
-Implemented now: :class:`TorchBackend` (eager PyTorch, optionally ``torch.compile``). The ONNX Runtime and TensorRT
-backends arrive with the export issue; :func:`create_backend` names them and raises a clear error until then.
+Three implementations, chosen by :func:`create_backend`:
+
+- ``"torch"``: :class:`TorchBackend` (eager PyTorch, optionally ``torch.compile``) on an ``SSCHSR`` module;
+- ``"onnxruntime"``: :class:`~sschsr_deploy.runtime.ort_backend.OnnxRuntimeBackend` on an ``.onnx`` file exported
+  by :func:`sschsr_deploy.engine.onnx.export_onnx` (standard ops);
+- ``"tensorrt"``: :class:`~sschsr_deploy.runtime.trt_backend.TensorRTBackend` on an engine built by
+  :func:`sschsr_deploy.engine.tensorrt.build_engine` (unverified: no TensorRT here).
+
+The last two are imported on use, so neither onnxruntime nor TensorRT is needed to import this module.
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +32,25 @@ from torch import Tensor, nn
 from sschsr_deploy.checkpoint import state_dict_sha256
 from sschsr_deploy.errors import InputValidationError
 
-__all__ = ["BACKENDS", "Backend", "TorchBackend", "create_backend", "load_model", "state_dict_sha256"]
+__all__ = [
+    "BACKENDS",
+    "ENGINE_SUFFIXES",
+    "Backend",
+    "ExportSpec",
+    "TorchBackend",
+    "backend_for_path",
+    "create_backend",
+    "load_model",
+    "state_dict_sha256",
+]
 
 log = logging.getLogger(__name__)
 
-#: Backend names :func:`create_backend` knows, and whether they are implemented yet.
-BACKENDS = {"torch": True, "onnxruntime": False, "tensorrt": False}
+#: Backend names :func:`create_backend` knows, and whether they are implemented.
+BACKENDS = {"torch": True, "onnxruntime": True, "tensorrt": True}
+
+#: File suffixes of the exported models each engine backend reads (used to infer the backend from a path).
+ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
 
 
 class Backend(ABC):
@@ -39,6 +62,19 @@ class Backend(ABC):
     #: False when a window's output depends on the other windows in its batch (batch-statistics batch norm): the
     #: pipeline then runs one window per batch.
     batch_independent: bool = True
+    #: ((min_h, min_w), (max_h, max_w)): the window sizes an exported model accepts; ``None`` = any valid size.
+    #: A fixed-shape export has min == max, and the pipeline then runs exactly that window size.
+    tile_bounds: tuple[tuple[int, int], tuple[int, int]] | None = None
+    #: The window size (h, w) to use when the caller does not choose one (an export's traced tile); ``None`` = the
+    #: pipeline's default.
+    preferred_tile: tuple[int, int] | None = None
+    #: Largest batch the backend accepts in one call (an export's batch bound); ``None`` = any.
+    max_batch: int | None = None
+
+    @property
+    def config(self) -> Any:
+        """The model's ``ModelConfig`` when known (rgb bands, memory estimates for ``tile="auto"``), else ``None``."""
+        return getattr(getattr(self, "model", None), "config", None)
 
     @abstractmethod
     def run(self, *inputs: Tensor) -> Tensor:
@@ -47,6 +83,10 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description for the output sidecar."""
         return {"backend": self.name, "device": str(self.device)}
+
+    def model_info(self) -> dict[str, Any]:
+        """What the output sidecar records about the model (preset, weights hash); empty when unknown."""
+        return {}
 
     def warmup(self, height: int, width: int, batch: int = 1) -> None:
         """Run once on zeros of the given window size (compilation, cuDNN autotuning, allocator warm-up)."""
@@ -155,22 +195,208 @@ def load_model(
 
 
 def create_backend(name: str, model_or_engine: Any, device: str | torch.device = "cpu", **options: Any) -> Backend:
-    """The backend called ``name`` for ``model_or_engine`` (an ``nn.Module`` for ``torch``).
+    """The backend called ``name`` for ``model_or_engine``; a ready :class:`Backend` is returned as is.
 
-    ``options`` go to the backend (``compile=True`` for torch). ``onnxruntime`` and ``tensorrt`` are not available yet.
+    - ``"torch"``: an ``SSCHSR`` ``nn.Module``; options: ``compile``, ``check_inputs``.
+    - ``"onnxruntime"``: a path to an ``.onnx`` file from :func:`sschsr_deploy.engine.onnx.export_onnx` (standard
+      ops) or an open ``onnxruntime.InferenceSession``; options: ``threads``.
+    - ``"tensorrt"``: a path to an engine built by :func:`sschsr_deploy.engine.tensorrt.build_engine` (with its
+      ``.json`` sidecar) or a ``LoadedEngine``; options: ``cuda_graph``, ``expect``. CUDA only; unverified.
     """
     if isinstance(model_or_engine, Backend):
         return model_or_engine
     key = str(name).lower()
     if key not in BACKENDS:
         raise InputValidationError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    if not BACKENDS[key]:
-        raise InputValidationError(
-            f"backend {key!r} is not available yet: it arrives with the ONNX / TensorRT export work; use "
-            "backend='torch'"
-        )
+    if key == "onnxruntime":
+        from sschsr_deploy.runtime.ort_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model_or_engine, device, **options)
+    if key == "tensorrt":
+        from sschsr_deploy.runtime.trt_backend import TensorRTBackend
+
+        return TensorRTBackend(model_or_engine, device, **options)
     if not isinstance(model_or_engine, nn.Module):
+        hint = ""
+        if isinstance(model_or_engine, str | os.PathLike):
+            guess = ENGINE_SUFFIXES.get(Path(model_or_engine).suffix.lower())
+            if guess:
+                hint = f" (for an exported model pass backend={guess!r})"
         raise InputValidationError(
-            f"the torch backend needs an SSCHSR nn.Module; got {type(model_or_engine).__name__}"
+            f"the torch backend needs an SSCHSR nn.Module; got {type(model_or_engine).__name__}{hint}"
         )
     return TorchBackend(model_or_engine, device, **options)
+
+
+def backend_for_path(path: str | os.PathLike) -> str:
+    """The engine backend that reads ``path``, from its suffix (``.onnx`` → onnxruntime, ``.engine/.plan`` →
+    tensorrt); raises ``InputValidationError`` for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in ENGINE_SUFFIXES:
+        raise InputValidationError(
+            f"cannot tell the backend of {Path(path).name!r} from its suffix (known: "
+            f"{', '.join(f'{k} -> {v}' for k, v in ENGINE_SUFFIXES.items())}); pass --backend / backend= explicitly"
+        )
+    return ENGINE_SUFFIXES[suffix]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# what an exported model fixes (shared by the ONNX Runtime and TensorRT backends)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Input limits of an exported tile network, from its graph's input shape and the export metadata.
+
+    The graph is authoritative (it is what runs); the metadata (:func:`sschsr_deploy.engine.onnx.export_onnx`'s
+    ``metadata_props``, also kept in engine sidecars) fills in what the graph leaves symbolic (the bounds of a
+    dynamic tile or batch) and must agree with it, so a file whose metadata was edited or mixed up is refused.
+    """
+
+    bands: int
+    #: (h, w) bounds of the window size; ``None`` when the graph's spatial axes are dynamic with no recorded bounds.
+    tile_min: tuple[int, int] | None
+    tile_max: tuple[int, int] | None
+    #: the traced (TensorRT-optimal) tile, when known
+    tile: tuple[int, int] | None
+    batch_min: int
+    batch_max: int | None
+    batch_independent: bool
+    metadata: Mapping[str, str]
+
+    @property
+    def fixed_tile(self) -> bool:
+        return self.tile_min is not None and self.tile_min == self.tile_max
+
+    @property
+    def tile_bounds(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        if self.tile_min is None or self.tile_max is None:
+            return None
+        return self.tile_min, self.tile_max
+
+    @classmethod
+    def from_export(
+        cls,
+        metadata: Mapping[str, str],
+        hsi_shape: Sequence[Any],
+        out_channels: Any = None,
+        source: str = "the model",
+    ) -> ExportSpec:
+        """Build the spec; ``hsi_shape``: the 4 dims of the ``hsi_sr`` input (ints, or str / None / -1 for dynamic).
+
+        Raises :class:`InputValidationError` when the model is not a tile network or its graph and metadata disagree.
+        """
+        meta = {str(k): str(v) for k, v in metadata.items()}
+        part = meta.get("part", "tile")
+        if part != "tile":
+            raise InputValidationError(
+                f"{source} is the {part!r} part of the network (export_onnx part={part!r}); the pipeline runs the "
+                "whole per-tile network: export it with part='tile' (export/export_onnx.py --part tile)"
+            )
+        if len(hsi_shape) != 4:
+            raise InputValidationError(f"{source}: input hsi_sr has {len(hsi_shape)} dims, expected 4 (B x C x H x W)")
+        dims = [_static_dim(d) for d in hsi_shape]
+        meta_bands = _meta_int(meta, "bands", source)
+        bands = dims[1] if dims[1] is not None else meta_bands
+        if bands is None:
+            raise InputValidationError(f"{source}: the band count is neither in the graph nor in its metadata")
+        if meta_bands is not None and meta_bands != bands:
+            raise InputValidationError(
+                f"{source}: its graph takes {bands} bands but its metadata says {meta_bands}; the file is inconsistent "
+                "(edited or mixed up): export it again"
+            )
+        out_c = _static_dim(out_channels)
+        if out_c is not None and out_c != bands:
+            raise InputValidationError(f"{source}: it takes {bands} bands but outputs {out_c}; not an SSC-HSR tile "
+                                       "network")
+        t_min, t_max = _meta_size(meta, "tile_min", source), _meta_size(meta, "tile_max", source)
+        traced = (_meta_int(meta, "tile_height", source), _meta_int(meta, "tile_width", source))
+        lo: list[int | None] = [None, None]
+        hi: list[int | None] = [None, None]
+        for axis in (0, 1):
+            d = dims[2 + axis]
+            if d is not None:  # fixed in the graph: the metadata must agree
+                for what, v in (("tile_min", t_min), ("tile_max", t_max)):
+                    if v is not None and v[axis] != d:
+                        raise InputValidationError(
+                            f"{source}: its graph has a fixed {'height' if axis == 0 else 'width'} of {d} px but its "
+                            f"metadata {what} is {v[0]}x{v[1]}; the file is inconsistent: export it again"
+                        )
+                lo[axis] = hi[axis] = d
+            elif t_min is not None and t_max is not None:
+                lo[axis], hi[axis] = t_min[axis], t_max[axis]
+        tile_min = (lo[0], lo[1]) if None not in lo else None
+        tile_max = (hi[0], hi[1]) if None not in hi else None
+        tile = (traced[0], traced[1]) if None not in traced else tile_min if tile_min == tile_max else None
+        if dims[0] is not None:
+            b_lo, b_hi = dims[0], dims[0]
+        else:
+            b_lo = _meta_int(meta, "batch_min", source) or 1
+            b_hi = _meta_int(meta, "batch_max", source)
+        return cls(
+            bands=int(bands), tile_min=tile_min, tile_max=tile_max, tile=tile,  # type: ignore[arg-type]
+            batch_min=int(b_lo), batch_max=None if b_hi is None else int(b_hi),
+            batch_independent=meta.get("batchnorm_mode", "running") != "batch", metadata=meta,
+        )
+
+    def config(self) -> Any:
+        """The ``ModelConfig`` of the recorded preset with these bands (for rgb bands and memory estimates), or
+        ``None`` for a custom model."""
+        from sschsr_deploy.model.presets import PRESETS, get_preset
+
+        preset = self.metadata.get("preset")
+        if preset not in PRESETS:
+            return None
+        return get_preset(preset, bands=self.bands)
+
+    def check_window(self, shape: Sequence[int], source: str) -> None:
+        """Refuse a batch of windows (B x C x h x w) whose size the export cannot run."""
+        h, w = int(shape[2]), int(shape[3])
+        if self.tile_min is not None and self.tile_max is not None:
+            if not (self.tile_min[0] <= h <= self.tile_max[0] and self.tile_min[1] <= w <= self.tile_max[1]):
+                allowed = (f"{self.tile_min[0]}x{self.tile_min[1]}" if self.fixed_tile else
+                           f"{self.tile_min[0]}x{self.tile_min[1]} .. {self.tile_max[0]}x{self.tile_max[1]}")
+                raise InputValidationError(
+                    f"{source} runs {allowed} windows only; got {h}x{w} (use tile={self.tile_min[0]}, or export "
+                    "with tile_min/tile_max for a dynamic tile size)"
+                )
+
+
+def _static_dim(d: Any) -> int | None:
+    if isinstance(d, bool):
+        return None
+    if isinstance(d, int) and d > 0:
+        return int(d)
+    return None
+
+
+def _meta_int(meta: Mapping[str, str], key: str, source: str) -> int | None:
+    if key not in meta or meta[key] in ("", "None"):
+        return None
+    try:
+        return int(meta[key])
+    except ValueError:
+        raise InputValidationError(f"{source}: metadata {key}={meta[key]!r} is not an integer") from None
+
+
+def _meta_size(meta: Mapping[str, str], key: str, source: str) -> tuple[int, int] | None:
+    if key not in meta:
+        return None
+    try:
+        h, w = (int(v) for v in meta[key].lower().split("x"))
+    except ValueError:
+        raise InputValidationError(f"{source}: metadata {key}={meta[key]!r} is not HxW") from None
+    return h, w
+
+
+def __getattr__(name: str) -> Any:
+    """The engine backends, imported on first use (they need onnxruntime / TensorRT only when built)."""
+    if name == "OnnxRuntimeBackend":
+        from sschsr_deploy.runtime.ort_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend
+    if name == "TensorRTBackend":
+        from sschsr_deploy.runtime.trt_backend import TensorRTBackend
+
+        return TensorRTBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,8 +27,10 @@ Everything else — the network — runs per window, so peak memory is the tile 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -54,6 +56,7 @@ from sschsr_deploy.runtime.planner import (
     available_memory,
     choose_tile,
     describe_budget,
+    padded_size,
     plan_tiles,
 )
 from sschsr_deploy.runtime.streams import HostBatch, TileExecutor
@@ -263,6 +266,15 @@ def _check_ref(ref: Any) -> np.ndarray:
     return np.ascontiguousarray(ref)
 
 
+def _square(size: tuple[int, int]) -> int | tuple[int, int]:
+    """``(h, w)`` as an int when square (the common case, and what the sidecar has always recorded)."""
+    return int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
+
+
+def _fmt(tile: Any) -> str:
+    return f"{tile[0]}x{tile[1]}" if isinstance(tile, tuple | list) else str(tile)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -271,16 +283,23 @@ class Pipeline:
     """Super-resolve LR cubes with an RGB reference, tile by tile.
 
     Args:
-        model_or_engine: an ``SSCHSR`` module (for ``backend="torch"``) or a ready :class:`Backend`.
-        backend: ``"torch"`` (``"onnxruntime"`` and ``"tensorrt"`` come with the export work).
+        model_or_engine: an ``SSCHSR`` module (``backend="torch"``), a path to an ``.onnx`` file exported by
+            :func:`sschsr_deploy.engine.onnx.export_onnx` (``"onnxruntime"``) or to a TensorRT engine with its
+            sidecar (``"tensorrt"``), or a ready :class:`Backend`.
+        backend: ``"torch"``, ``"onnxruntime"`` or ``"tensorrt"`` (see :func:`~sschsr_deploy.runtime.backends.
+            create_backend`).
         device: ``"cpu"`` or ``"cuda[:N]"``.
-        tile: window side in HR px (≥ 128, multiple of 8), ``None`` for whole-image mode, or ``"auto"``: whole image
-            when the estimated forward memory fits ``memory_budget``, else the largest tile that fits.
+        tile: window side in HR px (≥ 128, multiple of 8) or ``(h, w)``, ``None`` for whole-image mode, ``"auto"``
+            (whole image when the estimated forward memory fits ``memory_budget``, else the largest tile that fits),
+            or ``"default"``: 256 px, or the traced tile of an exported model. An exported model with a fixed tile
+            size runs only that size: ``"default"`` and ``"auto"`` select it, any other tile is refused. A
+            dynamic-tile export accepts tiles within its bounds (smaller images are padded up to its minimum).
         overlap: raised-cosine blending ramp in px (multiple of 8).
         margin: zero-weight context per interior window side in px (multiple of 8).
-        batch: windows per forward pass (forced to 1 with batch-statistics batch norm).
+        batch: windows per forward pass (forced to 1 with batch-statistics batch norm; capped at an export's
+            maximum batch).
         quiet: no progress bar.
-        compile: ``torch.compile`` the model (torch backend).
+        compile: ``torch.compile`` the model (torch backend only).
         rgb_bands: pseudo-RGB band triple (default: the model config's, (15, 8, 3) for 31 bands).
         normalize: min-max normalise the LR cube (see :func:`sschsr_deploy.preprocess.prepare_inputs`).
         output_scale: ``"input"`` maps the output back to the LR cube's value range (undoing the normalisation);
@@ -288,15 +307,18 @@ class Pipeline:
         memory_budget: bytes for ``tile="auto"`` (default: half the available RAM on CPU, 80 % of free GPU memory).
         depth: batches in flight on a GPU.
         model_info: what to record about the model in output sidecars (from
-            :func:`~sschsr_deploy.runtime.backends.load_model`); derived from the model when omitted.
+            :func:`~sschsr_deploy.runtime.backends.load_model`); derived from the model (or the exported file's
+            metadata) when omitted.
+        backend_options: extra keyword arguments for the backend (``threads`` for onnxruntime, ``cuda_graph`` /
+            ``expect`` for tensorrt, ``check_inputs`` for torch).
     """
 
     def __init__(
         self,
-        model_or_engine: nn.Module | Backend,
+        model_or_engine: nn.Module | Backend | str | os.PathLike,
         backend: str = "torch",
         device: str | torch.device = "cpu",
-        tile: int | str | None = DEFAULT_TILE,
+        tile: int | tuple[int, int] | str | None = "default",
         overlap: int = DEFAULT_OVERLAP,
         margin: int = DEFAULT_MARGIN,
         batch: int = 1,
@@ -309,22 +331,30 @@ class Pipeline:
         memory_budget: int | None = None,
         depth: int = 2,
         model_info: dict[str, Any] | None = None,
+        backend_options: dict[str, Any] | None = None,
     ) -> None:
-        options = {"compile": compile} if backend == "torch" and not isinstance(model_or_engine, Backend) else {}
+        options = dict(backend_options or {})
+        if not isinstance(model_or_engine, Backend):
+            if str(backend).lower() == "torch":
+                options.setdefault("compile", compile)
+            elif compile:
+                raise InputValidationError(f"compile=True applies to the torch backend only (backend={backend!r})")
         self.backend = create_backend(backend, model_or_engine, device, **options)
-        if isinstance(tile, str) and tile != "auto":
+        if isinstance(tile, str) and tile not in ("auto", "default"):
             try:
                 tile = int(tile)
             except ValueError:
-                raise InputValidationError(f"tile must be an integer, 'auto' or None; got {tile!r}") from None
-        self.tile = tile
+                raise InputValidationError(
+                    f"tile must be an integer, 'auto', 'default' or None; got {tile!r}"
+                ) from None
+        self.tile = self._resolve_tile(tile)
         self.overlap = overlap
         self.margin = margin
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise InputValidationError(f"batch must be a positive integer; got {batch!r}")
         self.batch = batch
         self.quiet = quiet
-        config = getattr(getattr(self.backend, "model", None), "config", None)
+        config = self.backend.config
         self.config = config
         self.rgb_bands = tuple(rgb_bands) if rgb_bands is not None else (
             tuple(config.rgb_bands) if config is not None else preprocess.DEFAULT_BANDS
@@ -343,9 +373,50 @@ class Pipeline:
             plan_tiles(4096, 4096, self.tile, self.overlap, self.margin)
 
     # ------------------------------------------------------------------ planning
+    def _resolve_tile(self, tile: Any) -> Any:
+        """The tile setting that fits the backend: exported models fix the tile size or bound it."""
+        bounds = self.backend.tile_bounds
+        preferred = self.backend.preferred_tile
+        if tile == "default":
+            if preferred is not None:
+                tile = _square(preferred)
+            elif bounds is not None:
+                (lo_h, lo_w), (hi_h, hi_w) = bounds
+                tile = _square((min(max(DEFAULT_TILE, lo_h), hi_h), min(max(DEFAULT_TILE, lo_w), hi_w)))
+            else:
+                tile = DEFAULT_TILE
+        if bounds is None or tile == "auto":
+            if tile == "auto" and bounds is not None and bounds[0] == bounds[1]:
+                log.info("tile='auto': the exported model runs %dx%d windows only", *bounds[0])
+                return _square(bounds[0])
+            return tile
+        (lo_h, lo_w), (hi_h, hi_w) = bounds
+        fixed = bounds[0] == bounds[1]
+        allowed = f"{lo_h}x{lo_w}" if fixed else f"{lo_h}x{lo_w} .. {hi_h}x{hi_w}"
+        if tile is None:
+            if fixed:
+                raise InputValidationError(
+                    f"whole-image mode (tile=None / --tile whole) needs a model that takes any size, but the "
+                    f"{self.backend.name} model runs {allowed} windows only: use tile={_fmt(bounds[0])} (or 'auto'), "
+                    "export with tile_min/tile_max for a dynamic tile size, or use the torch backend"
+                )
+            return None  # checked against the image size in plan()
+        th, tw = (int(tile[0]), int(tile[1])) if isinstance(tile, tuple | list) else (tile, tile)
+        if isinstance(th, bool) or not isinstance(th, int | np.integer):
+            return tile  # plan_tiles refuses it with its own message
+        if not (lo_h <= th <= hi_h and lo_w <= tw <= hi_w):
+            hint = (f"use tile={_fmt(bounds[0])} (or 'auto' / leave the default)" if fixed
+                    else f"use a tile within {allowed}")
+            raise InputValidationError(
+                f"tile {th}x{tw} does not fit the {self.backend.name} model, which runs {allowed} windows only "
+                f"(fixed at export): {hint}, or export the model again for this tile size"
+            )
+        return tile
+
     def plan(self, height: int, width: int) -> TilePlan:
         """The tile plan for an HR image of ``height`` x ``width``."""
         tile = self.tile
+        bounds = self.backend.tile_bounds
         if tile == "auto":
             budget = self.memory_budget
             if budget is None:
@@ -355,13 +426,45 @@ class Pipeline:
                 tile = DEFAULT_TILE
             else:
                 tile = choose_tile(self.config, height, width, budget, self._effective_batch())
+            if bounds is not None:  # a dynamic-tile export: stay within its bounds
+                (lo_h, lo_w), (hi_h, hi_w) = bounds
+                fits = padded_size(height) <= hi_h and padded_size(width) <= hi_w
+                if tile is not None or not fits:
+                    t = tile if tile is not None else max(hi_h, hi_w)
+                    tile = _square((min(max(t, lo_h), hi_h), min(max(t, lo_w), hi_w)))
             log.info("tile='auto' with a budget of %s: %s", describe_budget(budget),
-                     "whole image" if tile is None else f"{tile} px tiles")
-        return plan_tiles(height, width, tile, self.overlap, self.margin)
+                     "whole image" if tile is None else f"{_fmt(tile)} px tiles")
+        return self._fit_to_backend(plan_tiles(height, width, tile, self.overlap, self.margin))
+
+    def _fit_to_backend(self, plan: TilePlan) -> TilePlan:
+        """Make every window a size the backend takes: an image smaller than an export's minimum (or fixed) tile is
+        reflect-padded up to it, like the usual padding to 128 px; a whole image beyond its maximum is refused."""
+        bounds = self.backend.tile_bounds
+        if bounds is None:
+            return plan
+        (lo_h, lo_w), (hi_h, hi_w) = bounds
+        if plan.tile_h > hi_h or plan.tile_w > hi_w:
+            raise InputValidationError(
+                f"windows of {plan.tile_h}x{plan.tile_w} exceed the largest the {self.backend.name} model takes "
+                f"({hi_h}x{hi_w}): use a tile within its bounds instead of whole-image mode"
+            )
+        changes: dict[str, Any] = {}
+        if plan.tile_h < lo_h:  # only when the padded image is shorter than the tile: a single row of windows
+            changes.update(padded_height=lo_h, tile_h=lo_h, row_starts=(0,))
+        if plan.tile_w < lo_w:
+            changes.update(padded_width=lo_w, tile_w=lo_w, col_starts=(0,))
+        if changes:
+            log.info("the %dx%d image is padded to the model's %dx%d windows (reflection; cropped afterwards)",
+                     plan.height, plan.width, changes.get("tile_h", plan.tile_h), changes.get("tile_w", plan.tile_w))
+            plan = dataclasses.replace(plan, **changes)
+        return plan
 
     def _effective_batch(self) -> int:
         if not self.backend.batch_independent and self.batch > 1:
             return 1
+        cap = self.backend.max_batch
+        if cap is not None and self.batch > cap:
+            return cap
         return self.batch
 
     # ------------------------------------------------------------------ core loop
@@ -390,7 +493,9 @@ class Pipeline:
         self.last_plan = plan
         batch = self._effective_batch()
         if batch != self.batch:
-            log.info("batch-statistics batch norm: running one window per batch (batch=%d ignored)", self.batch)
+            log.info("running %d window(s) per batch instead of %d (%s)", batch, self.batch,
+                     "batch-statistics batch norm" if not self.backend.batch_independent
+                     else f"the {self.backend.name} model's maximum batch")
         log.info(
             "%dx%d HR, %d window(s) of %dx%d (overlap %d, margin %d), batch %d, %s on %s",
             scene.height, scene.width, len(plan), plan.tile_h, plan.tile_w, plan.overlap, plan.margin, batch,
@@ -544,6 +649,8 @@ class Pipeline:
                 cfg = model.config
                 info["preset"] = next((k for k, v in PRESETS.items() if v == cfg), "custom")
                 info["weights_sha256"] = state_dict_sha256(model)
+            else:  # an exported model: what its file records
+                info = self.backend.model_info()
             self._model_info = info
         return dict(self._model_info)
 
