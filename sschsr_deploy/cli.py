@@ -86,7 +86,8 @@ def _build_parser() -> _Parser:
     p.add_argument("--out-variable", default="hsi", help="array name in .npz/.mat/.h5 outputs (default hsi)")
     p.add_argument("--variable", help="array name to read from .npz/.mat/.h5 inputs (default: the only 3-D one)")
     p.add_argument("--hsi-layout", choices=("hwc", "chw"), help="input band order when it cannot be detected")
-    p.add_argument("--weights", help="model weights: .safetensors or an official .pth checkpoint (torch backend)")
+    p.add_argument("--weights", help="model weights: .safetensors or an official .pth checkpoint (torch backend; "
+                   "default with --preset tiny: the shipped tiny weights for --scale)")
     p.add_argument("--engine", metavar="PATH",
                    help="an exported model instead of --weights: .onnx (export/export_onnx.py, standard ops; "
                         "onnxruntime backend) or .engine/.plan (export/build_engine.py; tensorrt backend, CUDA). "
@@ -121,6 +122,8 @@ def _build_parser() -> _Parser:
     p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                    help="HR size (default 256 256)")
     p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--weights", help="tiny-preset weights (default: the shipped tiny weights for --scale)")
+    p.add_argument("--random-weights", action="store_true", help="use an untrained network (plumbing check)")
     add_runtime(p)
     return parser
 
@@ -180,12 +183,19 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             )
         if args.cuda_graph:
             raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
-        if args.weights is None and not args.allow_random_weights:
-            raise InputValidationError(
-                "no --weights given; refusing to run an untrained network (pass --allow-random-weights to run with "
-                "random weights, for testing only)"
-            )
-        model, info = load_model(args.preset, args.weights, bands=args.bands, batchnorm_mode=args.bn_mode)
+        weights = args.weights
+        if weights is None and not args.allow_random_weights:
+            if args.preset != "tiny":
+                raise InputValidationError(
+                    f"no --weights given and no weights ship for the {args.preset!r} preset (the official checkpoint "
+                    "cannot be bundled): pass --weights, use --preset tiny for the shipped small model, or "
+                    "--allow-random-weights for a plumbing test"
+                )
+            from sschsr_deploy.pretrained import shipped_weights
+
+            weights = str(shipped_weights("tiny", args.scale, args.bands))
+            log.info("using the shipped tiny weights %s", weights)
+        model, info = load_model(args.preset, weights, bands=args.bands, batchnorm_mode=args.bn_mode)
         if info["random_weights"]:
             log.warning("RANDOM WEIGHTS: no --weights given; the output is NOT a super-resolved image (testing only)")
         pipe = Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
@@ -271,6 +281,24 @@ def _render(cube, srf, white: float):
     return np.clip(render_rgb(cube, srf) / white, 0.0, 1.0)
 
 
+def _demo_weights(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The demo's weights (a path, or None for random) and the note that goes into metrics.json."""
+    from sschsr_deploy.errors import InputValidationError
+    from sschsr_deploy.pretrained import shipped_weights
+
+    if args.random_weights:
+        return None, (f"random weights (seed {args.seed}): the 'model' numbers measure the plumbing, not "
+                      "super-resolution quality")
+    if args.weights:
+        return args.weights, f"user weights {args.weights}"
+    try:
+        path = shipped_weights("tiny", args.scale)
+    except InputValidationError as exc:
+        log.warning("%s; running with random weights", exc)
+        return None, f"random weights: {exc}"
+    return str(path), f"shipped tiny weights {path.name} (trained on generated scenes of the train split)"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -289,13 +317,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise InputValidationError(f"cannot create the output directory {out_dir}: {exc}") from exc
     h, w = args.size
-    scene = make_scene(seed=args.seed, size=(h, w), scale=args.scale)
+    # held-out spectra, illuminants and camera: the demo shows what the shipped weights do on data they never saw
+    scene = make_scene(seed=args.seed, size=(h, w), scale=args.scale, split="test")
     write_hsi(out_dir / "input_lr.npy", scene.lr_hsi)
     write_rgb(out_dir / "input_ref.png", scene.ref_rgb)
     write_hsi(out_dir / "ground_truth.npy", scene.hr_hsi)
-    model, info = load_model("tiny", None, seed=args.seed)
-    note = (f"random weights (seed {args.seed}): the tiny network is untrained until trained weights ship, so the "
-            "'model' numbers measure the plumbing, not super-resolution quality")
+    weights, note = _demo_weights(args)
+    model, info = load_model("tiny", weights, seed=args.seed)
     pipe = Pipeline(model, device=args.device, tile=args.tile, overlap=args.overlap, margin=args.margin,
                     batch=args.batch, quiet=args.quiet, model_info=info)
     out_path = pipe.run_files(out_dir / "input_lr.npy", out_dir / "input_ref.png", args.scale, out_dir / "output.npy",
@@ -325,7 +353,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"demo written to {out_dir}: output.npy (+ .json), metrics.json, preview.png")
         print(f"  PSNR bicubic {results['psnr']['bicubic']:.2f} dB, model {results['psnr']['model']:.2f} dB "
-              "(random weights)")
+              f"({'random weights' if info['random_weights'] else info['weights']})")
     return EXIT_OK
 
 

@@ -62,7 +62,7 @@ def test_infer_refuses_random_weights_without_flag(files, tmp_path, capsys):
     rc = main(["infer", "--hsi", str(folder / "lr.npy"), "--ref", str(folder / "ref.png"), "--scale", "4",
                "--out", str(tmp_path / "out.npy")])
     assert rc == 2
-    assert "--allow-random-weights" in _one_error_line(capsys)
+    assert "--allow-random-weights" in _one_error_line(capsys)  # the official preset: no weights ship
     assert _no_outputs(tmp_path)
 
 
@@ -80,7 +80,7 @@ def test_infer_refuses_random_weights_without_flag(files, tmp_path, capsys):
         ("nan", "non-finite"),
         ("truncated", "truncated"),
         ("bad_tile", "multiple of 8"),
-        ("backend", "not available yet"),
+        ("backend", "give --engine PATH"),
         ("weights_missing", "weights file not found"),
     ],
 )

@@ -168,7 +168,7 @@ def test_input_errors(scene):
 
 
 def test_backend_factory():
-    with pytest.raises(InputValidationError, match="not available yet"):
+    with pytest.raises(InputValidationError, match="needs a path to an .onnx file"):
         create_backend("onnxruntime", None)
     with pytest.raises(InputValidationError, match="unknown backend"):
         create_backend("jax", None)

@@ -1,5 +1,18 @@
-"""Data for demos and tests: seeded synthetic scenes (:mod:`.synthetic`)."""
+"""Data for demos, tests and training: seeded synthetic scenes (:mod:`.synthetic`) from measured spectra
+(:mod:`.spectra`)."""
 
-from .synthetic import SyntheticScene, make_scene, render_rgb, spectral_response, wavelengths
+from .spectra import SpectralLibrary, spectral_library
+from .synthetic import (
+    Misalignment,
+    SyntheticScene,
+    ground_truth_flow,
+    make_scene,
+    render_rgb,
+    spectral_response,
+    wavelengths,
+)
 
-__all__ = ["SyntheticScene", "make_scene", "render_rgb", "spectral_response", "wavelengths"]
+__all__ = [
+    "Misalignment", "SpectralLibrary", "SyntheticScene", "ground_truth_flow", "make_scene", "render_rgb",
+    "spectral_library", "spectral_response", "wavelengths",
+]

@@ -1,23 +1,29 @@
-"""Seeded synthetic scenes for the demo and the tests: an HR cube, its LR observation and an unaligned HR RGB photo.
+"""Seeded, physically plausible synthetic scenes: an HR cube, its LR observation and an unaligned HR RGB photo.
 
-The scene is a linear mixture: ``cube = shading * (abundances @ spectra)`` with
+Used by the demo, the tests, the training of the shipped ``tiny`` weights and the quality table. A scene is built as
+a camera would see it:
 
-- spectra: a few smooth, positive material spectra over ``bands`` wavelengths (400-700 nm), each a baseline plus two
-  Gaussian bumps;
-- abundances: per-pixel material weights that sum to one, from smooth random fields (soft regions), hard-edged shapes
-  (rectangles and discs), a striped texture and fine-grained detail near the Nyquist limit;
-- shading: a smooth illumination field.
+1. **Reflectance**: per-pixel mixtures of measured surface spectra (:mod:`.spectra`: ColorChecker and rawtoaces
+   patches) painted onto a spatial layout with soft regions, hard-edged shapes (edges), a striped texture, a fine
+   checkerboard near the Nyquist limit and small mixture perturbations (fine detail).
+2. **Illumination**: a measured illuminant (daylight, tungsten or fluorescent), blended smoothly with a second one
+   across the image, times a smooth shading field (gradients, light fall-off).
+3. **HR cube** = illumination x reflectance, scaled to [0, 1] (``hr_hsi``, the ground truth).
+4. **LR cube** = the official degradation (:func:`sschsr_deploy.preprocess.blur` + ``decimate``) plus Gaussian sensor
+   noise (``hsi_noise``).
+5. **RGB photo** through a measured camera's sensitivities (Nikon D5100 / Canon 5D Mark II / Sigma SD Merrill), white
+   balanced for the illuminant, seen from a slightly different viewpoint: the image is resampled along a displacement
+   field = a global homography (translation, rotation, zoom, perspective) + a smooth non-rigid field + local
+   parallax-like shifts of objects at other depths; then its own optical blur, shot/read noise, exposure, sRGB-like
+   gamma and 8-bit quantisation.
 
-The RGB reference is rendered from the HR cube through a 3 x bands spectral response (Gaussian R, G, B curves), then
-displaced by a global shift plus a smooth non-rigid field of a few pixels (bilinear resampling, reflected borders) and
-quantised to 8 bits. The LR cube is the HR cube blurred with the official kernel and decimated by ``scale``
-(:func:`sschsr_deploy.preprocess.blur` and :func:`~sschsr_deploy.preprocess.decimate`), i.e. ``preprocess.degrade``
-without the final bicubic upsampling. Everything is deterministic for a given seed (numpy ``default_rng``).
+``split`` selects training or held-out spectra, illuminants and cameras (see :mod:`.spectra`). Everything is
+deterministic for a given seed (numpy ``default_rng``); a 256 x 256 scene takes a few tens of milliseconds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -25,7 +31,40 @@ from scipy import ndimage
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.preprocess import blur, decimate
 
-__all__ = ["SyntheticScene", "make_scene", "render_rgb", "spectral_response", "wavelengths"]
+from .spectra import Split, spectral_library
+
+__all__ = [
+    "Misalignment", "SyntheticScene", "ground_truth_flow", "make_scene", "render_rgb", "spectral_response",
+    "wavelengths",
+]
+
+
+@dataclass(frozen=True)
+class Misalignment:
+    """Bounds of the RGB photo's displacement relative to the cube, in HR pixels (each drawn uniformly within).
+
+    ``max_translation`` per axis; ``max_rotation_deg`` and ``max_zoom`` (relative) about the image centre;
+    ``max_perspective`` = largest relative change of the projective denominator at the image corners;
+    ``max_nonrigid`` = peak magnitude of the smooth field; ``max_parallax`` = peak magnitude of the object shifts.
+    """
+
+    max_translation: float = 4.0
+    max_rotation_deg: float = 0.5
+    max_zoom: float = 0.01
+    max_perspective: float = 0.002
+    max_nonrigid: float = 2.0
+    max_parallax: float = 3.0
+
+    @classmethod
+    def none(cls) -> Misalignment:
+        """An aligned photo (all bounds zero)."""
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    @classmethod
+    def large(cls) -> Misalignment:
+        """Tens of pixels: a hand-held second camera a few centimetres away."""
+        return cls(max_translation=20.0, max_rotation_deg=2.0, max_zoom=0.03, max_perspective=0.005,
+                   max_nonrigid=4.0, max_parallax=8.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,14 +74,17 @@ class SyntheticScene:
     Attributes:
         hr_hsi: ground-truth HR cube, float32 in [0, 1], ``size`` x ``bands``.
         lr_hsi: LR observation, float32, (H / scale) x (W / scale) x bands.
-        ref_rgb: HR RGB reference, uint8, H x W x 3, rendered from ``hr_hsi`` and displaced by ``displacement``.
-        spectra: material spectra, float32, materials x bands.
+        ref_rgb: HR RGB photo, uint8, H x W x 3, rendered from ``hr_hsi`` and displaced by ``displacement``.
+        spectra: the material reflectance spectra used, float32, materials x bands.
         abundances: material weights, float32, H x W x materials (sum to one per pixel).
-        srf: the 3 x bands spectral response used for the RGB rendering (rows R, G, B; each row sums to one).
+        srf: the camera's 3 x bands spectral response (rows R, G, B, each summing to one) for linear RGB renders.
         displacement: H x W x 2 (dy, dx) pixels: the RGB at p shows the scene at p + displacement(p).
+        components: peak |displacement| (pixels) of each part: ``homography``, ``nonrigid``, ``parallax``.
         wavelengths: band centres in nm.
         scale: HR / LR factor.
         seed: the seed that produced the scene.
+        camera, illuminants, material_names: what was drawn from the spectral library.
+        split: the library split the spectra came from.
     """
 
     hr_hsi: np.ndarray
@@ -55,6 +97,17 @@ class SyntheticScene:
     wavelengths: np.ndarray
     scale: int
     seed: int
+    components: dict[str, float] = field(default_factory=dict)
+    camera: str = ""
+    illuminants: tuple[str, ...] = ()
+    material_names: tuple[str, ...] = ()
+    split: str = "all"
+
+    def describe(self) -> dict:
+        """JSON-able summary (for sidecars and cards)."""
+        return {"seed": self.seed, "size": list(self.hr_hsi.shape[:2]), "bands": int(self.hr_hsi.shape[2]),
+                "scale": self.scale, "split": self.split, "camera": self.camera, "illuminants": list(self.illuminants),
+                "materials": list(self.material_names), "misalignment_px": dict(self.components)}
 
 
 def wavelengths(bands: int = 31, start: float = 400.0, stop: float = 700.0) -> np.ndarray:
@@ -62,10 +115,12 @@ def wavelengths(bands: int = 31, start: float = 400.0, stop: float = 700.0) -> n
     return np.linspace(start, stop, bands)
 
 
-def spectral_response(wl: np.ndarray) -> np.ndarray:
-    """A 3 x bands RGB camera response: Gaussian curves at 610, 540 and 460 nm, each row normalised to sum to one."""
-    centres, widths = (610.0, 540.0, 460.0), (40.0, 40.0, 35.0)
-    srf = np.stack([np.exp(-0.5 * ((wl - c) / s) ** 2) for c, s in zip(centres, widths, strict=True)])
+def spectral_response(wl: np.ndarray, camera: str = "Nikon D5100") -> np.ndarray:
+    """A measured camera's 3 x bands response at ``wl`` (rows R, G, B), each row normalised to sum to one."""
+    cams = spectral_library(wl, "all").cameras
+    if camera not in cams:
+        raise InputValidationError(f"unknown camera {camera!r}; available: {', '.join(cams)}")
+    srf = cams[camera]
     return srf / srf.sum(axis=1, keepdims=True)
 
 
@@ -74,19 +129,15 @@ def render_rgb(cube_hwc: np.ndarray, srf: np.ndarray) -> np.ndarray:
     return np.einsum("hwc,rc->hwr", cube_hwc, srf)
 
 
-def _spectra(rng: np.random.Generator, wl: np.ndarray, materials: int) -> np.ndarray:
-    span = wl[-1] - wl[0] if len(wl) > 1 else 1.0
-    out = []
-    for _ in range(materials):
-        base = rng.uniform(0.05, 0.25)
-        s = np.full_like(wl, base)
-        for _ in range(2):
-            centre = rng.uniform(wl[0], wl[-1])
-            width = rng.uniform(0.08, 0.3) * span
-            s = s + rng.uniform(0.2, 0.7) * np.exp(-0.5 * ((wl - centre) / width) ** 2)
-        out.append(s)
-    spectra = np.stack(out)
-    return spectra / spectra.max() * 0.95
+def ground_truth_flow(scene: SyntheticScene) -> np.ndarray:
+    """The optical flow (x, y) from the cube's view to the RGB photo, H x W x 2: the photo at p + flow(p) shows what
+    the cube shows at p. Exact for a pure translation; first-order (``-displacement``) for smooth fields."""
+    d = scene.displacement
+    return np.stack([-d[..., 1], -d[..., 0]], axis=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# spatial layout
 
 
 def _smooth_field(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
@@ -94,26 +145,29 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.
     return (f - f.mean()) / (f.std() + 1e-12)
 
 
-def _abundances(rng: np.random.Generator, h: int, w: int, materials: int) -> np.ndarray:
+def _shape_mask(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, h: int, w: int) -> np.ndarray:
+    if rng.random() < 0.5:
+        y0, x0 = rng.integers(0, h * 3 // 4), rng.integers(0, w * 3 // 4)
+        return (yy >= y0) & (yy < y0 + rng.integers(h // 10, h // 3)) & (xx >= x0) & (xx < x0 + rng.integers(
+            w // 10, w // 3))
+    cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(min(h, w) / 16, min(h, w) / 6)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+def _abundances(rng: np.random.Generator, h: int, w: int, materials: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Material weights (H x W x materials, sum to one) and the masks of the hard-edged objects."""
     scale = min(h, w)
-    # soft regions: a softmax over smooth random fields
     logits = np.stack([_smooth_field(rng, h, w, scale / 10.0) for _ in range(materials)], axis=-1) * 3.0
     ab = np.exp(logits - logits.max(axis=-1, keepdims=True))
     ab /= ab.sum(axis=-1, keepdims=True)
     yy, xx = np.mgrid[0:h, 0:w]
-    # hard-edged shapes: each pins one material
-    for _ in range(3 + materials // 2):
-        m = rng.integers(materials)
-        if rng.random() < 0.5:
-            y0, x0 = rng.integers(0, h * 3 // 4), rng.integers(0, w * 3 // 4)
-            mask = (yy >= y0) & (yy < y0 + rng.integers(h // 10, h // 3)) & (xx >= x0) & (xx < x0 + rng.integers(
-                w // 10, w // 3))
-        else:
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(scale / 16, scale / 6)
-            mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    objects = []
+    for _ in range(3 + materials // 2):  # hard-edged shapes: each pins one material
+        mask = _shape_mask(rng, yy, xx, h, w)
         ab[mask] = 0.0
-        ab[mask, m] = 1.0
-    # striped texture in one band of the image: alternate two materials with a period of a few pixels
+        ab[mask, rng.integers(materials)] = 1.0
+        objects.append(mask)
+    # striped texture across a horizontal band of the image: two materials alternating with a period of a few pixels
     period, angle = rng.uniform(4.0, 9.0), rng.uniform(0, np.pi)
     stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
     band = (yy > h * 0.55) & (yy < h * 0.7)
@@ -121,11 +175,57 @@ def _abundances(rng: np.random.Generator, h: int, w: int, materials: int) -> np.
     ab[band] = 0.0
     ab[band, a] = stripes[band]
     ab[band, b] = 1.0 - stripes[band]
+    # a fine checkerboard patch (cells of 1-3 px: detail only the HR photo resolves)
+    cell = int(rng.integers(1, 4))
+    ph, pw = max(h // 6, 4), max(w // 6, 4)
+    y0, x0 = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    checker = ((yy[y0:y0 + ph, x0:x0 + pw] // cell + xx[y0:y0 + ph, x0:x0 + pw] // cell) % 2).astype(np.float64)
+    a, b = rng.choice(materials, size=2, replace=False)
+    ab[y0:y0 + ph, x0:x0 + pw] = 0.0
+    ab[y0:y0 + ph, x0:x0 + pw, a] = checker
+    ab[y0:y0 + ph, x0:x0 + pw, b] = 1.0 - checker
     # fine detail: small random perturbations of the mixture, renormalised
     ab = ab * (1.0 + 0.15 * rng.uniform(-1, 1, size=ab.shape))
     ab = np.clip(ab, 0.0, None)
     ab /= ab.sum(axis=-1, keepdims=True) + 1e-12
-    return ab
+    return ab, objects
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# viewpoint
+
+
+def _homography_displacement(rng: np.random.Generator, h: int, w: int, m: Misalignment) -> np.ndarray:
+    """(dy, dx) of a random homography about the image centre: p' = H p, displacement p' - p."""
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    theta = np.deg2rad(rng.uniform(-1, 1) * m.max_rotation_deg)
+    zoom = 1.0 + rng.uniform(-1, 1) * m.max_zoom
+    ty, tx = rng.uniform(-1, 1, size=2) * m.max_translation
+    # perspective terms scaled so that |g·(p - c)| <= max_perspective at the corners
+    gy, gx = rng.uniform(-1, 1, size=2) * m.max_perspective / np.array([max(cy, 1.0), max(cx, 1.0)]) / 2.0
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    y, x = yy - cy, xx - cx
+    c, s = np.cos(theta) * zoom, np.sin(theta) * zoom
+    denom = 1.0 + gy * y + gx * x
+    ny = (s * x + c * y) / denom + ty
+    nx = (c * x - s * y) / denom + tx
+    return np.stack([ny - y, nx - x], axis=-1)
+
+
+def _parallax_displacement(rng: np.random.Generator, h: int, w: int, objects: list[np.ndarray],
+                           peak: float) -> np.ndarray:
+    """Objects at other depths shift along the baseline by different amounts; a smooth depth ramp for the rest."""
+    if peak <= 0:
+        return np.zeros((h, w, 2))
+    depth = 0.3 * (np.tanh(_smooth_field(rng, h, w, min(h, w) / 3.0)) + 1.0) / 2.0
+    for mask in objects:
+        if rng.random() < 0.6:
+            depth = np.where(mask, rng.uniform(0.3, 1.0), depth)
+    depth = ndimage.gaussian_filter(depth, 1.0)  # soft occlusion boundaries keep the resampling well behaved
+    direction = rng.normal(size=2)
+    direction /= np.linalg.norm(direction) + 1e-12
+    disp = depth[..., None] * direction
+    return disp * (peak * rng.uniform(0.5, 1.0) / (np.abs(depth).max() + 1e-12))
 
 
 def _displace(img: np.ndarray, disp: np.ndarray) -> np.ndarray:
@@ -138,60 +238,117 @@ def _displace(img: np.ndarray, disp: np.ndarray) -> np.ndarray:
     )
 
 
-def make_scene(
-    seed: int = 0,
-    size: tuple[int, int] = (256, 256),
-    bands: int = 31,
-    scale: int = 4,
-    materials: int = 6,
-    shift: tuple[float, float] | None = None,
-    max_nonrigid: float = 2.0,
-) -> SyntheticScene:
-    """Generate a scene of HR ``size`` (H, W), both multiples of ``scale``.
+def _peak(d: np.ndarray) -> float:
+    return float(np.sqrt((d ** 2).sum(-1)).max())
 
-    Args:
-        seed: random seed; the same seed gives the same scene.
-        size: HR height and width.
-        bands: number of spectral bands (400-700 nm).
-        scale: HR / LR factor (the LR cube is H/scale x W/scale).
-        materials: number of material spectra.
-        shift: global (dy, dx) displacement of the RGB in pixels; random in [-3, 3] when omitted.
-        max_nonrigid: peak magnitude (pixels) of the smooth non-rigid displacement added to the shift.
-    """
-    h, w = (int(s) for s in size)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# entry point
+
+
+def _check_args(h: int, w: int, scale: object, bands: int, materials: int, m: Misalignment) -> None:
     if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 1:
         raise InputValidationError(f"scale must be a positive integer; got {scale!r}")
     if h < 8 or w < 8 or h % scale or w % scale:
         raise InputValidationError(f"size {h}x{w} must be at least 8x8 and a multiple of the scale {scale}")
     if bands < 3 or materials < 2:
         raise InputValidationError(f"need at least 3 bands and 2 materials; got {bands} and {materials}")
+    if any(v < 0 for v in asdict(m).values()):
+        raise InputValidationError(f"misalignment bounds must be non-negative; got {m}")
+
+
+def make_scene(
+    seed: int = 0,
+    size: tuple[int, int] = (256, 256),
+    bands: int = 31,
+    scale: int = 4,
+    materials: int = 6,
+    *,
+    split: Split = "all",
+    camera: str | None = None,
+    misalignment: Misalignment | None = None,
+    hsi_noise: float | None = None,
+    rgb_noise: bool = True,
+    rgb_blur: float | None = None,
+) -> SyntheticScene:
+    """Generate a scene of HR ``size`` (H, W), both multiples of ``scale``.
+
+    Args:
+        seed: random seed; the same arguments and seed give the same scene.
+        size: HR height and width.
+        bands: number of spectral bands over 400-700 nm.
+        scale: HR / LR factor (the LR cube is H/scale x W/scale).
+        materials: number of measured reflectances mixed into the scene (at most the split's library size).
+        split: ``"train"``, ``"test"`` (held-out spectra, illuminants and camera) or ``"all"``.
+        camera: a camera name of the split (random when omitted).
+        misalignment: displacement bounds of the RGB photo (default :class:`Misalignment`).
+        hsi_noise: standard deviation of the LR cube's Gaussian noise (random in [0, 0.003] when omitted; 0 gives
+            exactly the official degradation).
+        rgb_noise: add shot and read noise to the photo.
+        rgb_blur: Gaussian sigma (pixels) of the photo's optics (random in [0.3, 0.8] when omitted).
+    """
+    h, w = (int(s) for s in size)
+    m = misalignment if misalignment is not None else Misalignment()
+    _check_args(h, w, scale, bands, materials, m)
     rng = np.random.default_rng(seed)
     wl = wavelengths(bands)
-    spectra = _spectra(rng, wl, materials)
-    ab = _abundances(rng, h, w, materials)
-    shading = 0.75 + 0.25 * np.tanh(_smooth_field(rng, h, w, min(h, w) / 4.0))
-    hr = np.clip(shading[..., None] * (ab @ spectra), 0.0, 1.0)
+    lib = spectral_library(wl, split)
+    if materials > len(lib.reflectances):
+        raise InputValidationError(f"materials={materials} exceeds the {len(lib.reflectances)} spectra of {split!r}")
+    cams = list(lib.cameras)
+    if camera is None:
+        camera = cams[int(rng.integers(len(cams)))]
+    elif camera not in lib.cameras:
+        raise InputValidationError(f"camera {camera!r} is not in the {split!r} split ({', '.join(cams)})")
 
-    srf = spectral_response(wl)
-    if shift is None:
-        shift = tuple(rng.uniform(-3.0, 3.0, size=2))
+    pick = rng.choice(len(lib.reflectances), size=materials, replace=False)
+    spectra = lib.reflectances[pick]
+    ab, objects = _abundances(rng, h, w, materials)
+    names = list(lib.illuminants)
+    i1, i2 = rng.choice(len(names), size=2, replace=len(names) < 2)
+    mix = 0.5 * (np.tanh(_smooth_field(rng, h, w, min(h, w) / 3.0)) + 1.0) * rng.uniform(0.0, 0.5)
+    shading = 0.6 + 0.4 * (np.tanh(_smooth_field(rng, h, w, min(h, w) / 4.0)) + 1.0) / 2.0
+    illum = (1.0 - mix)[..., None] * lib.illuminants[names[i1]] + mix[..., None] * lib.illuminants[names[i2]]
+    radiance = shading[..., None] * illum * (ab @ spectra)
+    hr = radiance / (radiance.max() + 1e-12) * rng.uniform(0.85, 1.0)
+
+    # the photo: camera response, white balance for the dominant illuminant, viewpoint, optics, noise, gamma, 8 bit
+    sens = lib.cameras[camera]
+    white = sens @ lib.illuminants[names[i1]]
+    linear = render_rgb(hr, sens) / white
+    homography = _homography_displacement(rng, h, w, m)
     nonrigid = np.stack([_smooth_field(rng, h, w, min(h, w) / 6.0) for _ in range(2)], axis=-1)
-    nonrigid *= max_nonrigid / (np.abs(nonrigid).max() + 1e-12)
-    disp = nonrigid + np.asarray(shift, dtype=np.float64)
-    rgb = _displace(render_rgb(hr, srf), disp)
-    rgb = rgb / max(float(np.percentile(rgb, 99.5)), 1e-6)  # camera exposure: 99.5th percentile -> full scale
-    ref = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    nonrigid *= m.max_nonrigid * rng.uniform(0.5, 1.0) / (np.abs(nonrigid).max() + 1e-12)
+    parallax = _parallax_displacement(rng, h, w, objects, m.max_parallax)
+    disp = homography + nonrigid + parallax
+    rgb = _displace(linear, disp)
+    sigma = rng.uniform(0.3, 0.8) if rgb_blur is None else float(rgb_blur)
+    if sigma > 0:
+        rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0), mode="reflect")
+    rgb = rgb / max(float(np.percentile(rgb, 99.5)), 1e-6) * rng.uniform(0.9, 1.0)  # exposure
+    if rgb_noise:
+        shot, read = rng.uniform(1e-4, 1e-3), rng.uniform(1e-3, 4e-3)
+        rgb = rgb + rng.standard_normal(rgb.shape) * np.sqrt(shot * np.clip(rgb, 0, None) + read ** 2)
+    ref = np.round(np.clip(rgb, 0.0, 1.0) ** (1 / 2.2) * 255.0).astype(np.uint8)
 
     lr = decimate(blur(hr), scale)
+    noise = rng.uniform(0.0, 0.003) if hsi_noise is None else float(hsi_noise)
+    if noise > 0:
+        lr = np.clip(lr + rng.standard_normal(lr.shape) * noise, 0.0, 1.0)
     return SyntheticScene(
         hr_hsi=hr.astype(np.float32),
         lr_hsi=np.ascontiguousarray(lr, dtype=np.float32),
         ref_rgb=ref,
         spectra=spectra.astype(np.float32),
         abundances=ab.astype(np.float32),
-        srf=srf,
+        srf=sens / sens.sum(axis=1, keepdims=True),
         displacement=disp.astype(np.float32),
         wavelengths=wl,
         scale=int(scale),
         seed=int(seed),
+        components={"homography": _peak(homography), "nonrigid": _peak(nonrigid), "parallax": _peak(parallax)},
+        camera=camera,
+        illuminants=(names[i1], names[i2]),
+        material_names=tuple(lib.reflectance_names[i] for i in pick),
+        split=split,
     )

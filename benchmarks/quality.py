@@ -1,0 +1,177 @@
+"""Quality table: what the shipped tiny weights achieve, and what each deployment choice costs in quality.
+
+On held-out generated scenes (``test`` split: reflectances, illuminants and a camera never seen in training; seeds
+disjoint from training and validation) it measures PSNR, SSIM, SAM and ERGAS of
+
+- bicubic upsampling of the LR cube (the baseline the model must beat);
+- the model on the whole image (runtime ``Pipeline``, ``tile=None``: one window, fp32, PyTorch);
+- the model with a mismatched reference (the photo of another scene): shows that the reference is used;
+- tiled inference at the default and at smaller overlaps / tiles;
+- reduced precision: PyTorch CPU autocast (bfloat16 and float16) and ONNX Runtime fp32 / fp16 exports;
+
+and for every model row the relative L2 deviation ``||out - out_whole_fp32|| / ||out_whole_fp32||``. Results go to
+``benchmarks/results/quality.json`` (+ a Markdown table printed for the README).
+
+Usage: ``python benchmarks/quality.py [--weights W] [--size 384] [--scenes 3] [--no-onnx]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, write_json  # noqa: E402
+
+from sschsr_deploy import metrics  # noqa: E402
+from sschsr_deploy.data import make_scene  # noqa: E402
+from sschsr_deploy.preprocess import bicubic_upsample, prepare_inputs  # noqa: E402
+from sschsr_deploy.pretrained import shipped_weights  # noqa: E402
+from sschsr_deploy.runtime import Pipeline, load_model  # noqa: E402
+
+QUALITY_SEED = 2_000_000  # held-out scenes: disjoint from training (seed*10^7 + n) and validation (10^6 + i)
+SCALE = 4
+
+
+def _metrics(out: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    return {"psnr": metrics.psnr(out, gt), "ssim": metrics.ssim(out, gt), "sam_deg": float(np.degrees(metrics.sam(
+        out, gt))), "ergas": metrics.ergas(out, gt, SCALE)}
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm((a - b).ravel()) / np.linalg.norm(b.ravel()))
+
+
+def _pipeline(model, info, scene, ref, tile, overlap) -> np.ndarray:
+    pipe = Pipeline(model, tile=tile, overlap=overlap, quiet=True, model_info=info)
+    return pipe.run(scene.lr_hsi, ref, SCALE)
+
+
+class _ModelLevel:
+    """Runs the network on whole prepared inputs (the pipeline's ``whole`` mode) under different numerics."""
+
+    def __init__(self, model, scene) -> None:
+        self.model = model
+        self.inputs = prepare_inputs(scene.lr_hsi, scene.ref_rgb, SCALE)
+        self.lo, self.hi = float(scene.lr_hsi.min()), float(scene.lr_hsi.max())
+
+    def denorm(self, out_nchw: np.ndarray) -> np.ndarray:
+        return out_nchw[0].transpose(1, 2, 0).astype(np.float64) * (self.hi - self.lo) + self.lo
+
+    def torch(self, autocast: torch.dtype | None = None) -> np.ndarray:
+        ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            out = self.model(*self.inputs.to_torch())
+        return self.denorm(out.float().numpy())
+
+    def onnx(self, session) -> np.ndarray:
+        feeds = {}
+        for arg, arr in zip(session.get_inputs(), self.inputs.as_tuple(), strict=True):
+            feeds[arg.name] = arr.astype(np.float16 if "float16" in arg.type else np.float32)
+        out = session.run(None, feeds)[0]
+        return self.denorm(out.astype(np.float32))
+
+
+def _export(model, size: int, precision: str, workdir: Path):
+    from sschsr_deploy.engine.onnx import export_onnx, make_session
+
+    path = workdir / f"tiny_{precision}.onnx"
+    t0 = time.perf_counter()
+    export_onnx(model, path, tile=(size, size), batch_range=(1, 1), precision=precision, preset="tiny")
+    return make_session(path, providers=["CPUExecutionProvider"]), time.perf_counter() - t0
+
+
+def evaluate(weights: str | None, size: int, scenes: int, onnx: bool) -> dict[str, Any]:
+    model, info = load_model("tiny", weights or str(shipped_weights("tiny", SCALE)))
+    model.validate_inputs = False
+    made = [make_scene(seed=QUALITY_SEED + i, size=(size, size), scale=SCALE, split="test") for i in range(scenes)]
+    rows: dict[str, list[dict[str, float]]] = {}
+    notes: dict[str, str] = {}
+
+    def add(name: str, out: np.ndarray, gt: np.ndarray, whole: np.ndarray | None) -> None:
+        m = _metrics(out, gt)
+        if whole is not None:
+            m["rel_dev_vs_whole_fp32"] = _rel(out, whole)
+        rows.setdefault(name, []).append(m)
+
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx:
+            for precision in ("fp32", "fp16"):
+                try:
+                    sessions[precision], secs = _export(model, size, precision, Path(tmp))
+                    notes[f"onnxruntime {precision}"] = f"exported + checked in {secs:.0f} s, CPUExecutionProvider"
+                except Exception as exc:  # recorded, not fatal: the table says what could not be measured
+                    notes[f"onnxruntime {precision}"] = f"not measured: {type(exc).__name__}: {exc}"
+        for i, scene in enumerate(made):
+            gt = scene.hr_hsi.astype(np.float64)
+            bic = np.clip(bicubic_upsample(scene.lr_hsi.astype(np.float64), SCALE), 0.0, 1.0)
+            add("bicubic", bic, gt, None)
+            whole = _pipeline(model, info, scene, scene.ref_rgb, None, 0).astype(np.float64)
+            add("model, whole image (fp32, PyTorch)", whole, gt, whole)
+            other = made[(i + 1) % len(made)] if len(made) > 1 else make_scene(seed=QUALITY_SEED - 1, size=(
+                size, size), scale=SCALE, split="test")
+            add("model, mismatched reference", _pipeline(model, info, scene, other.ref_rgb, None, 0), gt, whole)
+            for tile, overlap in ((256, 32), (256, 8), (128, 16)):
+                tag = " (default)" if (tile, overlap) == (256, 32) else ""
+                out = _pipeline(model, info, scene, scene.ref_rgb, tile, overlap)
+                add(f"tiled {tile} px, overlap {overlap}{tag}", out, gt, whole)
+            level = _ModelLevel(model, scene)
+            add("model-level fp32 (check: equals whole image)", level.torch(), gt, whole)
+            for name, dt in (("PyTorch CPU autocast bfloat16", torch.bfloat16),
+                             ("PyTorch CPU autocast float16", torch.float16)):
+                try:
+                    add(name, level.torch(dt), gt, whole)
+                except Exception as exc:
+                    notes[name] = f"not measured: {type(exc).__name__}: {exc}"
+            for precision, sess in sessions.items():
+                add(f"ONNX Runtime {precision} (CPU)", level.onnx(sess), gt, whole)
+    table = {name: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} for name, ms in rows.items()}
+    return {"model": info, "scenes": [s.describe() for s in made], "rows": table, "notes": notes}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The README's quality table."""
+    lines = ["| method | PSNR (dB) ↑ | SSIM ↑ | SAM (°) ↓ | ERGAS ↓ | rel. dev. vs whole fp32 |",
+             "|---|---|---|---|---|---|"]
+    for name, m in result["rows"].items():
+        dev = m.get("rel_dev_vs_whole_fp32")
+        lines.append(f"| {name} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['sam_deg']:.2f} | {m['ergas']:.2f} | "
+                     + ("—" if dev is None else f"{dev:.1e}") + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", help="tiny weights (default: the shipped x4 weights)")
+    ap.add_argument("--size", type=int, default=384,
+                    help="HR scene side (default 384: the default tiling really tiles)")
+    ap.add_argument("--scenes", type=int, default=3)
+    ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime rows")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = evaluate(args.weights, args.size, args.scenes, not args.no_onnx)
+    result.update({"environment": environment("cpu"), "size": args.size, "scale": SCALE,
+                   "seconds": round(time.perf_counter() - t0, 1),
+                   "units": {"psnr": "dB, mean over bands, data range 1", "ssim": "mean over bands",
+                             "sam_deg": "degrees, mean over pixels", "ergas": "dimensionless"}})
+    path = write_json("quality", result)
+    print(markdown(result))
+    for k, v in result["notes"].items():
+        print(f"- {k}: {v}")
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

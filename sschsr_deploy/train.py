@@ -1,0 +1,355 @@
+"""Train a preset (the shipped ``tiny`` weights) on generated scenes, on the CPU, reproducibly.
+
+Data: every sample is a fresh :func:`sschsr_deploy.data.make_scene` of the ``train`` split (training spectra,
+illuminants and cameras), turned into model inputs by the deployment preprocessing
+(:func:`sschsr_deploy.preprocess.prepare_inputs`, the same call the runtime makes), so the network learns exactly the
+input statistics it will see. The target is the HR cube on the LR cube's min-max scale, which is what the runtime's
+``output_scale="input"`` undoes.
+
+Two stages, as the official model is built (its correspondence extractors are pretrained with a contrastive loss,
+then the network is trained with them fixed). (1) ``match_steps`` steps of the two contrastive extractors alone:
+InfoNCE between the HSI pseudo-RGB's features and the reference's features moved onto the same grid by the
+generator's ground-truth flow, so that the arg-max patch matching finds true correspondences (it gives them no gradient
+of its own). (2) ``steps`` steps of the rest of the network with the extractors frozen: L1 on the cube +
+``flow_weight`` x L1 between RAFT's flow and the ground-truth flow (the official RAFT is pretrained; the tiny RAFT gets
+this direct signal instead; measured: it learns slowly at this budget, so most of the alignment comes from the patch
+matching and the deformable offsets). All other parameters train, including the VGG trunk that the official model
+freezes (ImageNet-pretrained there, random here). The decoder's last convolution starts at 0.1 x its initial weights
+so that training starts near the bicubic baseline (the output is a residual on the upsampled cube).
+
+Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed).
+Validation runs on held-out (``test`` split) scenes. Checkpoints are resumable; the result is a safetensors file, a
+JSON card and a PNG of the curves, all written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .data.synthetic import ground_truth_flow, make_scene
+from .io.atomic import atomic_path, atomic_write_json
+from .model.warp import warp_reference_exact
+from .preprocess import bicubic_upsample, prepare_inputs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "make_sample", "train", "validate"]
+
+VALIDATION_SEED = 1_000_000  # validation scenes: test split, seeds from here (the quality table uses other seeds)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (stored in the card)."""
+
+    preset: str = "tiny"
+    scale: int = 4
+    match_steps: int = 300  # stage 1: the correspondence extractors alone, contrastive loss on the true flow
+    match_batch: int = 4
+    match_lr: float = 1e-3
+    match_temperature: float = 0.07
+    steps: int = 600  # stage 2: the whole network
+    batch: int = 4
+    crop: int = 128
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup: int = 20
+    flow_weight: float = 0.02
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_every: int = 50
+    val_scenes: int = 3
+    checkpoint_every: int = 50
+    threads: int = 2
+
+
+@dataclass
+class Sample:
+    """One training/validation pair: the five model inputs (1 x C x H x W), the target cube and the flow."""
+
+    inputs: tuple[Tensor, ...]
+    target: Tensor
+    flow: Tensor
+    bicubic: Tensor
+
+
+def make_sample(seed: int, size: int, scale: int, split: str = "train") -> Sample:
+    """A generated scene as the runtime would feed it, with the target on the LR cube's min-max scale."""
+    rng = np.random.default_rng(seed)
+    scene = make_scene(seed=seed, size=(size, size), scale=scale, split=split, materials=int(rng.integers(4, 9)))
+    inputs = prepare_inputs(scene.lr_hsi, scene.ref_rgb, scale)
+    lo, hi = float(scene.lr_hsi.min()), float(scene.lr_hsi.max())
+    target = (scene.hr_hsi.astype(np.float64) - lo) / (hi - lo)
+    bic = bicubic_upsample((scene.lr_hsi.astype(np.float64) - lo) / (hi - lo), scale)
+
+    def chw(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))[None]
+
+    return Sample(inputs.to_torch(), chw(target), chw(ground_truth_flow(scene)), chw(bic))
+
+
+def _collate(samples: list[Sample]) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    inputs = tuple(torch.cat(ts) for ts in zip(*(s.inputs for s in samples), strict=True))
+    return inputs, torch.cat([s.target for s in samples]), torch.cat([s.flow for s in samples])
+
+
+def _psnr(x: Tensor, y: Tensor) -> float:
+    """Mean over bands of PSNR (data range 1), like :func:`sschsr_deploy.metrics.psnr`."""
+    mse = ((x.clamp(0, 1) - y.clamp(0, 1)) ** 2).mean(dim=(0, 2, 3)).clamp_min(1e-12)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+@torch.no_grad()
+def validate(model: nn.Module, samples: list[Sample]) -> dict[str, float]:
+    """Mean PSNR of the model and of bicubic upsampling on held-out samples (eval mode, running BN statistics)."""
+    was_training = model.training
+    model.eval()
+    ours, bic = [], []
+    for s in samples:
+        ours.append(_psnr(model(*s.inputs), s.target))
+        bic.append(_psnr(s.bicubic, s.target))
+    model.train(was_training)
+    return {"psnr_model": float(np.mean(ours)), "psnr_bicubic": float(np.mean(bic))}
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def _build(cfg: TrainConfig) -> nn.Module:
+    from .model import SSCHSR
+
+    torch.manual_seed(cfg.seed)
+    model = SSCHSR.from_preset(cfg.preset)
+    model.validate_inputs = False
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with torch.no_grad():
+        model.decoder.res3.output.weight.mul_(0.1)
+    return model
+
+
+def contrastive_match_loss(model: nn.Module, inputs: tuple[Tensor, ...], flow_gt: Tensor,
+                           temperature: float = 0.07) -> Tensor:
+    """InfoNCE at the extractors' 1/4 resolution: the HSI feature at p must be closer (cosine) to the reference feature
+    at p + flow(p) than to the reference features anywhere else in the same image."""
+    d1, d2 = model.rgb_extractor(inputs[1], inputs[2])
+    flow4 = F.avg_pool2d(flow_gt, 4) / 4.0
+    aligned = warp_reference_exact(d2, flow4)
+    q = F.normalize(d1[..., 2:-2, 2:-2].flatten(2), dim=1)  # B x C x N (borders: the warp clamps there)
+    k = F.normalize(aligned[..., 2:-2, 2:-2].flatten(2), dim=1)
+    logits = torch.einsum("bcn,bcm->bnm", q, k) / temperature
+    target = torch.arange(logits.shape[1]).repeat(logits.shape[0])
+    return F.cross_entropy(logits.flatten(0, 1), target)
+
+
+def _train_matching(model: nn.Module, cfg: TrainConfig) -> dict[str, list]:
+    """Stage 1: the contrastive extractors alone (cosine schedule from ``match_lr``)."""
+    params = list(model.rgb_extractor.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.match_lr)
+    stage = TrainConfig(lr=cfg.match_lr, min_lr=cfg.match_lr / 20, warmup=cfg.warmup, steps=cfg.match_steps)
+    steps, losses = [], []
+    for step in range(cfg.match_steps):
+        batch = [make_sample(cfg.seed * 10_000_000 + 5_000_000 + step * cfg.match_batch + i, cfg.crop, cfg.scale)
+                 for i in range(cfg.match_batch)]
+        inputs, _, flow_gt = _collate(batch)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, stage)
+        loss = contrastive_match_loss(model, inputs, flow_gt, cfg.match_temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        steps.append(step + 1)
+        losses.append(loss.item())
+        if (step + 1) % cfg.val_every == 0:
+            log.info("match step %d/%d InfoNCE %.3f (mean of the last %d)", step + 1, cfg.match_steps,
+                     float(np.mean(losses[-cfg.val_every:])), cfg.val_every)
+    return {"match_step": steps, "match_loss": losses}
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, history: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "history": json.dumps(history)}, tmp)
+
+
+def _load_checkpoint(path: Path, model: nn.Module) -> tuple[int, dict]:
+    """Model weights, step and history of a stage-2 checkpoint (the optimizer state is loaded once it exists)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    return int(state["step"]), json.loads(state["history"])
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
+    """Train and write ``out_dir/{weights.safetensors, card.json, curves.png, checkpoint.pt}``; returns the card.
+
+    With ``resume`` a ``checkpoint.pt`` in ``out_dir`` from an earlier (interrupted) run of the same config is
+    continued; the data stream is a pure function of (seed, step), so a resumed run sees the same samples.
+    """
+    from .checkpoint import save_safetensors, state_dict_sha256
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    model = _build(cfg).train()
+    history: dict[str, list] = {"step": [], "loss": [], "loss_cube": [], "loss_flow": [], "val_step": [],
+                                "val_psnr_model": [], "val_psnr_bicubic": []}
+    start = 0
+    ckpt = out / "checkpoint.pt"
+    cfg_path = out / "train_config.json"
+    if resume and ckpt.exists() and cfg_path.exists() and json.loads(cfg_path.read_text()) == asdict(cfg):
+        start, history = _load_checkpoint(ckpt, model)
+        log.info("resumed from step %d", start)
+    atomic_write_json(cfg_path, asdict(cfg))
+    val = [make_sample(VALIDATION_SEED + i, cfg.crop, cfg.scale, "test") for i in range(cfg.val_scenes)]
+    t0 = time.perf_counter()
+    match_ckpt = out / "match_checkpoint.pt"
+    if start == 0:
+        if resume and match_ckpt.exists():
+            state = torch.load(match_ckpt, map_location="cpu", weights_only=True)
+            model.rgb_extractor.load_state_dict(state["rgb_extractor"])
+            history = json.loads(state["history"])
+            log.info("matching stage loaded from %s", match_ckpt)
+        else:
+            history.update(_train_matching(model, cfg))
+            with atomic_path(match_ckpt) as tmp:
+                torch.save({"rgb_extractor": model.rgb_extractor.state_dict(), "history": json.dumps(history)}, tmp)
+        t0 = time.perf_counter()
+    for p in model.rgb_extractor.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    if start > 0:
+        opt.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["optimizer"])
+    for step in range(start, cfg.steps):
+        batch = [make_sample(cfg.seed * 10_000_000 + step * cfg.batch + i, cfg.crop, cfg.scale)
+                 for i in range(cfg.batch)]
+        inputs, target, flow_gt = _collate(batch)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        res = model(*inputs, return_all=True)
+        loss_cube = F.l1_loss(res["out"], target)
+        loss_flow = F.l1_loss(res["flow"], flow_gt)
+        loss = loss_cube + cfg.flow_weight * loss_flow
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        history["step"].append(step + 1)
+        history["loss"].append(loss.item())
+        history["loss_cube"].append(loss_cube.item())
+        history["loss_flow"].append(loss_flow.item())
+        done = step + 1
+        if done % cfg.val_every == 0 or done == cfg.steps:
+            v = validate(model, val)
+            history["val_step"].append(done)
+            history["val_psnr_model"].append(v["psnr_model"])
+            history["val_psnr_bicubic"].append(v["psnr_bicubic"])
+            rate = (done - start) / (time.perf_counter() - t0)
+            log.info("step %d/%d loss %.4f (cube %.4f flow %.3f) val PSNR %.2f dB (bicubic %.2f) %.2f steps/s",
+                     done, cfg.steps, loss.item(), loss_cube.item(), loss_flow.item(), v["psnr_model"],
+                     v["psnr_bicubic"], rate)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            _save_checkpoint(ckpt, model, opt, done, history)
+
+    model.eval()
+    weights = out / "weights.safetensors"
+    meta = {"preset": cfg.preset, "scale": str(cfg.scale), "bands": "31", "trained_by": "sschsr_deploy.train"}
+    save_safetensors(model, weights, metadata=meta)
+    card = {
+        "preset": cfg.preset, "scale": cfg.scale, "bands": 31, "weights_sha256": state_dict_sha256(model),
+        "config": asdict(cfg),
+        "data": {"generator": "sschsr_deploy.data.make_scene", "split": "train", "crop": cfg.crop,
+                 "samples": cfg.steps * cfg.batch + cfg.match_steps * cfg.match_batch,
+                 "sample_seeds": f"stage 2: seed*10_000_000 + step*batch + i, stage 1: seed*10_000_000 + 5_000_000 + "
+                                 f"step*match_batch + i (seed={cfg.seed})"},
+        "validation": {"split": "test", "seeds": [VALIDATION_SEED + i for i in range(cfg.val_scenes)],
+                       "psnr_model": history["val_psnr_model"][-1] if history["val_psnr_model"] else None,
+                       "psnr_bicubic": history["val_psnr_bicubic"][-1] if history["val_psnr_bicubic"] else None},
+        "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+        "torch": torch.__version__,
+    }
+    atomic_write_json(out / "card.json", card)
+    atomic_write_json(out / "history.json", history)
+    plot_curves(history, out / "curves.png")
+    return card
+
+
+def plot_curves(history: dict, path: str | Path) -> Path | None:
+    """Training loss and validation PSNR against step (PNG; skipped with a log line if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no curves plot")
+        return None
+    fig, (f, a, b) = plt.subplots(1, 3, figsize=(15, 3.6))
+    if history.get("match_loss"):
+        ml = np.asarray(history["match_loss"])
+        km = max(1, len(ml) // 50)
+        f.plot(history["match_step"], ml, alpha=0.3, label="InfoNCE")
+        f.plot(np.asarray(history["match_step"])[km - 1:], np.convolve(ml, np.ones(km) / km, mode="valid"),
+               label=f"mean of {km}")
+        f.legend()
+    f.set_xlabel("stage-1 step")
+    f.set_title("stage 1: correspondence extractors")
+    steps = np.asarray(history["step"])
+    loss = np.asarray(history["loss_cube"])
+    k = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+    a.plot(steps, loss, alpha=0.3, label="cube L1")
+    a.plot(steps[k - 1:], smooth, label=f"cube L1 (mean of {k})")
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_title("stage 2: whole-network loss")
+    a.legend()
+    b.plot(history["val_step"], history["val_psnr_model"], "o-", label="tiny model")
+    b.plot(history["val_step"], history["val_psnr_bicubic"], "--", label="bicubic")
+    b.set_xlabel("step")
+    b.set_ylabel("PSNR (dB)")
+    b.set_title("held-out validation")
+    b.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sschsr_deploy.train --out DIR [--steps N ...]``: the command that produced the shipped weights."""
+    import argparse
+    import sys
+
+    defaults = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m sschsr_deploy.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="run directory (weights, card, curves, resumable checkpoints)")
+    for name, value in asdict(defaults).items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    ap.add_argument("--no-resume", action="store_true", help="start over even if DIR holds a checkpoint")
+    args = vars(ap.parse_args(argv))
+    out, no_resume = args.pop("out"), args.pop("no_resume")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    card = train(TrainConfig(**args), out, resume=not no_resume)
+    print(json.dumps(card["validation"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""Training: samples match what the runtime feeds the network, runs write loadable weights + card, resume works."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sschsr_deploy.checkpoint import load_safetensors
+from sschsr_deploy.runtime import load_model
+from sschsr_deploy.train import TrainConfig, _lr_at, make_sample, train
+
+
+def test_sample_is_on_the_runtime_scale():
+    s = make_sample(7, 128, 4)
+    hsi_sr, rgb, ref, rgb_flow, ref_flow = s.inputs
+    assert hsi_sr.shape == s.target.shape == (1, 31, 128, 128) and s.flow.shape == (1, 2, 128, 128)
+    # the network input is the clipped bicubic upsampling of the min-max normalised LR cube, and the target shares
+    # that normalisation (the runtime's output_scale="input" undoes exactly it)
+    torch.testing.assert_close(hsi_sr, s.bicubic.clamp(0, 1), atol=1e-5, rtol=0)
+    assert 0.0 <= float(s.target.min()) and float(s.target.max()) < 1.5
+    assert float(s.flow.abs().max()) > 0.5  # the photo is misaligned
+    assert float(ref_flow.max()) > 200  # RAFT inputs on the 0..255 scale
+    # deterministic
+    torch.testing.assert_close(make_sample(7, 128, 4).target, s.target, rtol=0, atol=0)
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-5)
+    lrs = [_lr_at(i, cfg) for i in range(100)]
+    assert lrs[0] < lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] == pytest.approx(1e-5, rel=0.05)
+
+
+def test_short_run_writes_weights_card_and_resumes(tmp_path):
+    cfg = TrainConfig(match_steps=2, match_batch=1, steps=2, batch=1, val_every=2, checkpoint_every=1, val_scenes=1)
+    card = train(cfg, tmp_path)
+    for name in ("weights.safetensors", "card.json", "history.json", "checkpoint.pt", "match_checkpoint.pt"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert json.loads((tmp_path / "card.json").read_text())["weights_sha256"] == card["weights_sha256"]
+    assert card["data"]["samples"] == 4 and np.isfinite(card["validation"]["psnr_model"])
+    sd, meta = load_safetensors(tmp_path / "weights.safetensors")
+    assert meta["preset"] == "tiny" and meta["scale"] == "4"
+    model, info = load_model("tiny", tmp_path / "weights.safetensors")
+    assert not info["random_weights"]
+    # a second call with the same config finds the finished checkpoint and does not train again
+    again = train(cfg, tmp_path)
+    assert again["weights_sha256"] == card["weights_sha256"]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["step"] == [1, 2] and len(history["match_loss"]) == 2
