@@ -52,6 +52,11 @@ def main(argv=None) -> int:
     from sschsr_deploy.engine.sidecar import sha256_file
     from sschsr_deploy.errors import SSCHSRError
 
+    if args.weights is None and args.preset == "tiny" and not args.bands:
+        from sschsr_deploy.pretrained import shipped_weights
+
+        args.weights = str(shipped_weights("tiny", 4))
+        print(f"no --weights: exporting the shipped tiny weights {Path(args.weights).name}", file=sys.stderr)
     if args.weights is None:
         warnings.warn("no --weights given: exporting RANDOM weights (fine for testing the pipeline, useless for "
                       "inference)", stacklevel=1)
@@ -66,9 +71,10 @@ def main(argv=None) -> int:
             tile_min=tuple(args.tile_min) if args.tile_min else None,
             tile_max=tuple(args.tile_max) if args.tile_max else None,
             precision=args.precision, ops=args.ops, part=args.part, opset=args.opset, preset=args.preset,
-            weights_sha256=sha256_file(args.weights) if args.weights else None, seed=args.seed,
+            seed=args.seed,  # weights_sha256: the state-dict hash export_onnx computes, as load_model records it
             extra_metadata={"weights_source": f"file:{Path(args.weights).name}" if args.weights
-                            else f"random:seed={args.seed}"},
+                            else f"random:seed={args.seed}",
+                            **({"weights_file_sha256": sha256_file(args.weights)} if args.weights else {})},
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -195,8 +195,16 @@ def test_demo(tmp_path, capsys):
     for key in ("psnr", "sam", "ssim", "ergas"):
         assert set(metrics[key]) == {"bicubic", "model"}
         assert np.isfinite(metrics[key]["bicubic"]) and np.isfinite(metrics[key]["model"])
-    assert metrics["random_weights"] is True and "random weights" in metrics["weights"]
+    assert metrics["random_weights"] is False and "tiny_x4" in metrics["weights"]  # the shipped weights by default
     assert metrics["psnr"]["bicubic"] > 20
+    assert metrics["psnr"]["model"] > metrics["psnr"]["bicubic"] + 1.0  # they really super-resolve
     assert (out / "preview.png").stat().st_size > 0
     assert load_hsi(out / "output.npy").shape == (128, 128, 31)
     assert json.loads((out / "output.npy.json").read_text())["demo"]["seed"] == 3
+
+
+def test_demo_random_weights_says_so(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--size", "128", "128", "--random-weights", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["random_weights"] is True and "random weights" in metrics["weights"]

@@ -46,6 +46,8 @@ def test_short_run_writes_weights_card_and_resumes(tmp_path):
     assert meta["preset"] == "tiny" and meta["scale"] == "4"
     model, info = load_model("tiny", tmp_path / "weights.safetensors")
     assert not info["random_weights"]
+    # the same name for the same tensors everywhere (ONNX metadata, sidecars): the state-dict hash, not the file hash
+    assert info["weights_sha256"] == card["weights_sha256"] != info["weights_file_sha256"]
     # a second call with the same config finds the finished checkpoint and does not train again
     again = train(cfg, tmp_path)
     assert again["weights_sha256"] == card["weights_sha256"]

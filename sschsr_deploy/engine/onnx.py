@@ -113,9 +113,10 @@ CUSTOM_DOMAIN = "sschsr"
 DEFAULT_OPSET = 20
 FP32_TOLERANCE = 1e-4
 # fp16 graph vs fp32 PyTorch (relative L2 error of the output and of its residual over hsi_sr). Measured on the tiny
-# preset at 128² with random weights: 7.0e-5 / 5.1e-4; the bound leaves room for deeper presets and for the arg-max
-# of patch matching flipping on near-ties.
-FP16_TOLERANCE = 5e-3
+# preset: random weights at 128², 7.0e-5 / 5.1e-4; the shipped trained weights at 384², 6.4e-4 / 9.0e-3 (trained
+# activations are larger, so fp16 rounding moves the residual more; the quality table shows what that costs). The
+# bound leaves room for deeper presets and for the arg-max of patch matching flipping on near-ties.
+FP16_TOLERANCE = 2e-2
 PRECISIONS = ("fp32", "fp16")
 OPS_MODES = ("standard", "custom")
 PARTS = ("tile", "flow")

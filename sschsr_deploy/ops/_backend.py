@@ -127,3 +127,17 @@ def choose(env_var: str, op: str, device: torch.device, needs_grad: bool) -> str
         why = "the native extension is not built" if native() is None else f"this build has no {requested} kernel"
         raise RuntimeError(f"{env_var}={requested} but {why} (sschsr::{op})")
     return "native"
+
+
+def autocast_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Under ``torch.autocast`` our ops run as float32 islands: floating inputs are cast up, results stay float32.
+
+    Why: autocast casts the surrounding convolutions to bfloat16/float16, so these ops would otherwise receive mixed
+    dtypes (low-precision features, float32 weights). Float32 matches the precision policy of the fp16 ONNX export
+    (``engine.onnx.fp16_islands``: deformable sampling, spectral attention and patch matching stay float32) and keeps
+    the patch-matching arg-max stable. Outside autocast the tensors are returned unchanged.
+    """
+    first = next((t for t in tensors if t is not None), None)
+    if first is None or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    return tuple(t.float() if t is not None and t.is_floating_point() else t for t in tensors)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import choose, define_op
+from ._backend import autocast_float32, choose, define_op
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -140,6 +140,7 @@ def modulated_deform_conv2d(
 ) -> Tensor:
     """Modulated deformable convolution as the model calls it: picks native / Triton / reference per call
     (``SSCHSR_DCN_BACKEND`` overrides; see ``ops/_backend.py``)."""
+    input, offset, mask, weight, bias = autocast_float32(input, offset, mask, weight, bias)
     args = (input, offset, mask, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups, offset_groups)
     tensors = [t for t in (input, offset, mask, weight, bias) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

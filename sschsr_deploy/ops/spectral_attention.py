@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import choose, define_op
+from ._backend import autocast_float32, choose, define_op
 
 L2_EPS = 1e-12
 
@@ -93,6 +93,7 @@ def _needs_grad(*tensors: Tensor) -> bool:
 
 def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
     """Spectral attention as the model calls it (``SSCHSR_ATTENTION_BACKEND`` overrides the automatic choice)."""
+    q, k, v, temperature = autocast_float32(q, k, v, temperature)
     backend = choose(ENV_VAR, "spectral_attention", q.device, _needs_grad(q, k, v, temperature))
     if backend == "native":
         return torch.ops.sschsr.spectral_attention(q, k, v, temperature, heads)
@@ -105,6 +106,7 @@ def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, hea
 
 def gram_and_norms(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Partial attention statistics of one tile (see ``gram_and_norms_reference``), fastest backend."""
+    q, k = autocast_float32(q, k)
     backend = choose(ENV_VAR, "gram_and_norms", q.device, _needs_grad(q, k))
     if backend == "native":
         return torch.ops.sschsr.gram_and_norms(q, k, heads)

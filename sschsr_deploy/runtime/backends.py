@@ -163,7 +163,8 @@ def load_model(
 
     Without ``weights`` the model keeps random initial weights (seeded with ``seed``), and the returned info says so:
     only useful for tests, benchmarks and the demo. Returns ``(model, info)`` where ``info`` holds ``preset``,
-    ``weights`` (file name or ``"random"``), ``weights_sha256`` and ``random_weights``.
+    ``weights`` (file name or ``"random"``), ``weights_sha256`` (:func:`state_dict_sha256` of the loaded tensors),
+    ``weights_file_sha256`` (when loaded from a file) and ``random_weights``.
     """
     from sschsr_deploy.checkpoint import load_into, load_official_checkpoint, load_safetensors
     from sschsr_deploy.io.atomic import file_sha256
@@ -190,7 +191,10 @@ def load_model(
     else:
         sd = load_official_checkpoint(path)
     load_into(model, sd, strict=True)
-    info.update(weights=path.name, random_weights=False, weights_sha256=file_sha256(path))
+    # weights_sha256 names the tensors (checkpoint.state_dict_sha256), like ONNX metadata and engine sidecars, so the
+    # same weights carry the same name whatever file format they came in; the file's own hash is kept beside it
+    info.update(weights=path.name, random_weights=False, weights_sha256=state_dict_sha256(model),
+                weights_file_sha256=file_sha256(path))
     return model.eval(), info
 
 

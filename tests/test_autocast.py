@@ -1,0 +1,61 @@
+"""Under torch.autocast the custom ops run as float32 islands (the fp16 ONNX export's policy) instead of failing on
+mixed dtypes; the whole network then runs in reduced precision with a small, bounded deviation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sschsr_deploy.model import SSCHSR
+from sschsr_deploy.ops import modulated_deform_conv2d, patch_match, spectral_attention
+from sschsr_deploy.ops.deform_conv import modulated_deform_conv2d_reference
+from sschsr_deploy.ops.patch_match import patch_match_reference
+from sschsr_deploy.ops.spectral_attention import spectral_attention_reference
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ops_accept_low_precision_activations_under_autocast(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 11, 13, generator=g)
+    offset = torch.randn(2, 2 * 9, 11, 13, generator=g) * 3  # some samples land outside the image
+    mask = torch.rand(2, 9, 11, 13, generator=g)
+    w, b = torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g)
+    want = modulated_deform_conv2d_reference(x, offset, mask, w, b, (1, 1), (1, 1), (1, 1), 1, 1)
+    with torch.autocast("cpu", dtype=dtype):
+        got = modulated_deform_conv2d(x.to(dtype), offset, mask.to(dtype), w, b, 1, 1, 1, 1, 1)
+    assert got.dtype == torch.float32
+    assert _rel(got, want) < 1e-2  # only the activations' rounding to `dtype` differs
+
+    q, k, v = (torch.randn(1, 12, 9, 10, generator=g) for _ in range(3))
+    t = torch.rand(2, 1, 1, generator=g) + 0.5
+    want = spectral_attention_reference(q, k, v, t, 2)
+    with torch.autocast("cpu", dtype=dtype):
+        got = spectral_attention(q.to(dtype), k.to(dtype), v.to(dtype), t, 2)
+    assert got.dtype == torch.float32 and _rel(got, want) < 2e-2
+
+    f, r = torch.randn(1, 16, 9, 9, generator=g), torch.randn(1, 16, 9, 9, generator=g)
+    with torch.autocast("cpu", dtype=dtype):
+        idx, sim = patch_match(f.to(dtype), r.to(dtype), 3)
+    want_idx, want_sim = patch_match_reference(f.to(dtype).float(), r.to(dtype).float(), 3)
+    assert sim.dtype == torch.float32 and torch.equal(idx, want_idx)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_tiny_network_under_cpu_autocast(dtype, tol):
+    torch.manual_seed(0)
+    model = SSCHSR.from_preset("tiny").eval()
+    g = torch.Generator().manual_seed(1)
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(128, 128), mode="bicubic")
+    rgb = base.clamp(0, 1)
+    hsi = torch.nn.functional.interpolate(torch.rand(1, 31, 32, 32, generator=g), size=(128, 128)).clamp(0, 1)
+    inputs = (hsi, rgb, torch.roll(rgb, 2, dims=3), rgb * 255, torch.roll(rgb, 2, dims=3) * 255)
+    with torch.inference_mode():
+        want = model(*inputs)
+        with torch.autocast("cpu", dtype=dtype):
+            got = model(*inputs)
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < tol  # measured (random weights): bf16 ~1e-2, fp16 ~2e-3
