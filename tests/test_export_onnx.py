@@ -140,7 +140,11 @@ def test_cli_exits_nonzero_on_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--tile", "100", "100", "--out",
                            str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert "multiples of 8" in proc.stderr and "RANDOM weights" in proc.stderr
+    assert "multiples of 8" in proc.stderr and "shipped tiny weights" in proc.stderr  # tiny defaults to them
+    proc = subprocess.run([sys.executable, str(script), "--preset", "official", "--tile", "100", "100", "--out",
+                           str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "multiples of 8" in proc.stderr and "RANDOM weights" in proc.stderr  # no weights ship for official
 
 
 # ---- the three custom ops, small module ----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ __all__ = [
     "ENGINE_SUFFIXES",
     "Backend",
     "ExportSpec",
+    "ExportedModelBackend",
     "TorchBackend",
     "backend_for_path",
     "create_backend",
@@ -140,6 +141,41 @@ class TorchBackend(Backend):
             "batchnorm_mode": getattr(self.model, "batchnorm_mode", None),
             "bands": cfg.bands,
         }
+
+
+class ExportedModelBackend(Backend):
+    """Shared by the backends of exported models (ONNX Runtime, TensorRT): their graphs accept a bounded batch and
+    window size (``spec``), so :meth:`run` checks the window, splits batches above the export's maximum and pads
+    batches below its minimum (repeating the last window, whose outputs are dropped). Subclasses set ``spec``,
+    ``_source`` (the file, for messages) and ``_config`` and implement :meth:`_run_batch`."""
+
+    spec: ExportSpec
+    _source: str
+    _config: Any = None
+
+    @property
+    def config(self) -> Any:
+        return self._config
+
+    @abstractmethod
+    def _run_batch(self, inputs: tuple[Tensor, ...]) -> Tensor:
+        """Forward one batch the export accepts; return B x bands x h x w float32 on ``device``."""
+
+    def run(self, *inputs: Tensor) -> Tensor:
+        from sschsr_deploy.model import INPUT_NAMES
+
+        if len(inputs) != len(INPUT_NAMES):
+            raise InputValidationError(f"the tile network takes {len(INPUT_NAMES)} inputs, got {len(inputs)}")
+        self.spec.check_window(inputs[0].shape, self._source)
+        b = int(inputs[0].shape[0])
+        cap = self.spec.batch_max
+        if cap is not None and b > cap:  # more windows than the export allows: in chunks
+            return torch.cat([self.run(*(t[i:i + cap] for t in inputs)) for i in range(0, b, cap)])
+        pad = max(0, self.spec.batch_min - b)
+        if pad:  # exported for a larger minimum batch: repeat the last window, drop its outputs
+            inputs = tuple(torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs)
+        out = self._run_batch(tuple(inputs))
+        return out[:b] if pad else out
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

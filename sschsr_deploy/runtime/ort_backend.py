@@ -38,7 +38,7 @@ from torch import Tensor
 
 from sschsr_deploy.errors import InputValidationError, SSCHSRError
 from sschsr_deploy.model import INPUT_NAMES
-from sschsr_deploy.runtime.backends import Backend, ExportSpec, _resolve_device
+from sschsr_deploy.runtime.backends import ExportedModelBackend, ExportSpec, _resolve_device
 
 __all__ = ["OnnxRuntimeBackend", "custom_op_nodes"]
 
@@ -60,7 +60,7 @@ def custom_op_nodes(model: Any) -> list[str]:
                    if n.domain == CUSTOM_DOMAIN and (n.domain, n.op_type) not in bodies})
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(ExportedModelBackend):
     """Runs an exported tile network (path to an ``.onnx`` file, or an open ``onnxruntime.InferenceSession``).
 
     Args:
@@ -194,23 +194,8 @@ class OnnxRuntimeBackend(Backend):
         self._output = outputs[0]
 
     # ------------------------------------------------------------------ Backend interface
-    @property
-    def config(self) -> Any:
-        return self._config
-
-    def run(self, *inputs: Tensor) -> Tensor:
-        if len(inputs) != len(INPUT_NAMES):
-            raise InputValidationError(f"the tile network takes {len(INPUT_NAMES)} inputs, got {len(inputs)}")
-        self.spec.check_window(inputs[0].shape, self._source)
-        b = int(inputs[0].shape[0])
-        cap = self.spec.batch_max
-        if cap is not None and b > cap:  # more windows than the export allows: in chunks
-            return torch.cat([self.run(*(t[i:i + cap] for t in inputs)) for i in range(0, b, cap)])
-        pad = max(0, self.spec.batch_min - b)
-        if pad:  # a graph exported for a larger minimum batch: repeat the last window, drop its outputs
-            inputs = tuple(torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs)
-        out = self._run_cuda(inputs) if self.device.type == "cuda" else self._run_cpu(inputs)
-        return out[:b] if pad else out
+    def _run_batch(self, inputs: tuple[Tensor, ...]) -> Tensor:
+        return self._run_cuda(inputs) if self.device.type == "cuda" else self._run_cpu(inputs)
 
     def _run_cpu(self, inputs: tuple[Tensor, ...]) -> Tensor:
         feeds = {}

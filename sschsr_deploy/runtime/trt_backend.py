@@ -39,7 +39,7 @@ from torch import Tensor
 
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.model import INPUT_NAMES
-from sschsr_deploy.runtime.backends import Backend, ExportSpec, _resolve_device
+from sschsr_deploy.runtime.backends import ExportedModelBackend, ExportSpec, _resolve_device
 
 __all__ = ["MAX_CUDA_GRAPHS", "TensorRTBackend"]
 
@@ -57,7 +57,7 @@ class _Graph:
     output: Tensor
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(ExportedModelBackend):
     """Runs a TensorRT engine (path with its ``.json`` sidecar, or a ``LoadedEngine``) on CUDA torch tensors.
 
     Args:
@@ -137,29 +137,11 @@ class TensorRTBackend(Backend):
         return spec
 
     # ------------------------------------------------------------------ Backend interface
-    @property
-    def config(self) -> Any:
-        return self._config
-
-    def run(self, *inputs: Tensor) -> Tensor:
-        if len(inputs) != len(INPUT_NAMES):
-            raise InputValidationError(f"the tile network takes {len(INPUT_NAMES)} inputs, got {len(inputs)}")
-        self.spec.check_window(inputs[0].shape, self._source)
-        b = int(inputs[0].shape[0])
-        cap = self.spec.batch_max
-        if cap is not None and b > cap:
-            return torch.cat([self.run(*(t[i:i + cap] for t in inputs)) for i in range(0, b, cap)])
-        pad = max(0, self.spec.batch_min - b)
-        if pad:  # profile minimum above this batch: repeat the last window, drop its outputs
-            inputs = tuple(torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs)
+    def _run_batch(self, inputs: tuple[Tensor, ...]) -> Tensor:
         typed = [t.to(device=self.device, dtype=self.runner._torch_dtype(name)).contiguous()
                  for name, t in zip(INPUT_NAMES, inputs, strict=True)]
-        out = None
-        if self.cuda_graph:
-            out = self._run_graph(typed)
-        if out is None:
-            out = self._execute(self.runner.context, typed)
-        return out[:b] if pad else out
+        out = self._run_graph(typed) if self.cuda_graph else None
+        return out if out is not None else self._execute(self.runner.context, typed)
 
     def _execute(self, context: Any, inputs: list[Tensor]) -> Tensor:
         """Enqueue one inference on torch's current stream (no host synchronisation)."""
