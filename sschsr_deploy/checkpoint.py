@@ -26,7 +26,6 @@ Public API: :func:`safe_torch_load`, :func:`read_checkpoint`, :func:`map_state_d
 from __future__ import annotations
 
 import builtins
-import contextlib
 import functools
 import hashlib
 import io
@@ -34,7 +33,6 @@ import json
 import os
 import pickle
 import re
-import secrets
 import types
 import zipfile
 from collections import OrderedDict
@@ -791,26 +789,13 @@ def save_safetensors(
     target = Path(path)
     if not target.parent.is_dir():
         raise CheckpointError(f"{target}: directory {target.parent} does not exist")
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    from .io.atomic import atomic_path
+
     try:
-        with open(tmp, "xb"):  # created with the umask's permissions, unlike mkstemp's 0600
-            pass
-        save_file(tensors, os.fspath(tmp), metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, Exception) and not isinstance(exc, CheckpointError):
-            raise CheckpointError(f"{target}: writing the safetensors file failed: {exc}") from exc
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (POSIX)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_path(target) as tmp:
+            save_file(tensors, os.fspath(tmp), metadata=meta)
+    except Exception as exc:
+        raise CheckpointError(f"{target}: writing the safetensors file failed: {exc}") from exc
 
 
 def load_safetensors(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -123,11 +123,17 @@ def validate(model: nn.Module, samples: list[Sample]) -> dict[str, float]:
     return {"psnr_model": float(np.mean(ours)), "psnr_bicubic": float(np.mean(bic))}
 
 
+def _cosine(step: int, steps: int, peak: float, floor: float, warmup: int) -> float:
+    """Linear warm-up to ``peak``, then cosine decay to ``floor`` at ``steps``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(steps - warmup, 1)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+    """Stage-2 learning rate."""
+    return _cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup)
 
 
 def _build(cfg: TrainConfig) -> nn.Module:
@@ -161,14 +167,13 @@ def _train_matching(model: nn.Module, cfg: TrainConfig) -> dict[str, list]:
     """Stage 1: the contrastive extractors alone (cosine schedule from ``match_lr``)."""
     params = list(model.rgb_extractor.parameters())
     opt = torch.optim.Adam(params, lr=cfg.match_lr)
-    stage = TrainConfig(lr=cfg.match_lr, min_lr=cfg.match_lr / 20, warmup=cfg.warmup, steps=cfg.match_steps)
     steps, losses = [], []
     for step in range(cfg.match_steps):
         batch = [make_sample(cfg.seed * 10_000_000 + 5_000_000 + step * cfg.match_batch + i, cfg.crop, cfg.scale)
                  for i in range(cfg.match_batch)]
         inputs, _, flow_gt = _collate(batch)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, stage)
+            g["lr"] = _cosine(step, cfg.match_steps, cfg.match_lr, cfg.match_lr / 20, cfg.warmup)
         loss = contrastive_match_loss(model, inputs, flow_gt, cfg.match_temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -188,11 +193,12 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
                     "history": json.dumps(history)}, tmp)
 
 
-def _load_checkpoint(path: Path, model: nn.Module) -> tuple[int, dict]:
-    """Model weights, step and history of a stage-2 checkpoint (the optimizer state is loaded once it exists)."""
+def _load_checkpoint(path: Path, model: nn.Module) -> tuple[int, dict, dict]:
+    """Load a stage-2 checkpoint's weights into ``model``; returns its step, history and optimizer state (loaded into
+    the optimizer once that exists)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
-    return int(state["step"]), json.loads(state["history"])
+    return int(state["step"]), json.loads(state["history"]), state["optimizer"]
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
@@ -212,15 +218,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     start = 0
     ckpt = out / "checkpoint.pt"
     cfg_path = out / "train_config.json"
-    if resume and ckpt.exists() and cfg_path.exists() and json.loads(cfg_path.read_text()) == asdict(cfg):
-        start, history = _load_checkpoint(ckpt, model)
+    opt_state = None
+    # checkpoints of a run with another config are not resumed (stage 1 either)
+    same_config = resume and cfg_path.exists() and json.loads(cfg_path.read_text()) == asdict(cfg)
+    if same_config and ckpt.exists():
+        start, history, opt_state = _load_checkpoint(ckpt, model)
         log.info("resumed from step %d", start)
     atomic_write_json(cfg_path, asdict(cfg))
     val = [make_sample(VALIDATION_SEED + i, cfg.crop, cfg.scale, "test") for i in range(cfg.val_scenes)]
     t0 = time.perf_counter()
     match_ckpt = out / "match_checkpoint.pt"
     if start == 0:
-        if resume and match_ckpt.exists():
+        if same_config and match_ckpt.exists():
             state = torch.load(match_ckpt, map_location="cpu", weights_only=True)
             model.rgb_extractor.load_state_dict(state["rgb_extractor"])
             history = json.loads(state["history"])
@@ -233,8 +242,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     for p in model.rgb_extractor.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    if start > 0:
-        opt.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["optimizer"])
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     for step in range(start, cfg.steps):
         batch = [make_sample(cfg.seed * 10_000_000 + step * cfg.batch + i, cfg.crop, cfg.scale)
                  for i in range(cfg.batch)]

@@ -637,20 +637,12 @@ class ExportResult:
 
 
 def _atomic_save(model, path: Path) -> None:
-    import secrets
-
     import onnx
 
-    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.partial{path.suffix}")
-    try:
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def export_module(

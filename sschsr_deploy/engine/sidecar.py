@@ -20,11 +20,9 @@ Nothing here imports TensorRT: the checks are plain data and are tested without 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SSCHSRError
+from ..io.atomic import atomic_write_bytes
+from ..io.atomic import file_sha256 as sha256_file
 
 __all__ = [
     "SIDECAR_FORMAT",
@@ -89,38 +89,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a hidden temp file beside ``path``, fsync it, then ``os.replace`` it onto ``path``."""
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the file system allows it
-        fd = os.open(final.parent if str(final.parent) else ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return final
-
-
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Sorted-key JSON, written atomically (sidecars diff cleanly between builds)."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 

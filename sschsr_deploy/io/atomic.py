@@ -78,11 +78,7 @@ def fsync_file(path: PathLike) -> None:
 def _fsync_dir(path: Path) -> None:
     """Make a rename durable (best effort: some file systems refuse fsync on directories)."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(path)
 
 
 def _remove_quietly(path: Path) -> None:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from sschsr_deploy.checkpoint import state_dict_sha256
 from sschsr_deploy.errors import InputValidationError
+from sschsr_deploy.model import INPUT_NAMES
 
 __all__ = [
     "BACKENDS",
@@ -162,8 +163,6 @@ class ExportedModelBackend(Backend):
         """Forward one batch the export accepts; return B x bands x h x w float32 on ``device``."""
 
     def run(self, *inputs: Tensor) -> Tensor:
-        from sschsr_deploy.model import INPUT_NAMES
-
         if len(inputs) != len(INPUT_NAMES):
             raise InputValidationError(f"the tile network takes {len(INPUT_NAMES)} inputs, got {len(inputs)}")
         self.spec.check_window(inputs[0].shape, self._source)
@@ -388,6 +387,14 @@ class ExportSpec:
         if preset not in PRESETS:
             return None
         return get_preset(preset, bands=self.bands)
+
+    def describe(self) -> dict[str, Any]:
+        """The window and batch limits, for backend descriptions (output sidecars)."""
+        return {
+            "tile": list(self.tile) if self.tile else None,
+            "tile_bounds": [list(self.tile_min), list(self.tile_max)] if self.tile_bounds else None,
+            "batch_range": [self.batch_min, self.batch_max],
+        }
 
     def check_window(self, shape: Sequence[int], source: str) -> None:
         """Refuse a batch of windows (B x C x h x w) whose size the export cannot run."""

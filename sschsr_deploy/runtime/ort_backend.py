@@ -230,7 +230,6 @@ class OnnxRuntimeBackend(ExportedModelBackend):
         import onnxruntime as ort
 
         m = self.metadata
-        spec = self.spec
         return {
             "backend": self.name,
             "device": str(self.device),
@@ -243,9 +242,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
             "precision": m.get("precision"),
             "ops": m.get("ops"),
             "opset": m.get("opset"),
-            "tile": list(spec.tile) if spec.tile else None,
-            "tile_bounds": [list(spec.tile_min), list(spec.tile_max)] if spec.tile_bounds else None,
-            "batch_range": [spec.batch_min, spec.batch_max],
+            **self.spec.describe(),
             "bands": self.bands,
         }
 

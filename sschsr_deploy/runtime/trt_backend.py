@@ -143,14 +143,19 @@ class TensorRTBackend(ExportedModelBackend):
         out = self._run_graph(typed) if self.cuda_graph else None
         return out if out is not None else self._execute(self.runner.context, typed)
 
-    def _execute(self, context: Any, inputs: list[Tensor]) -> Tensor:
-        """Enqueue one inference on torch's current stream (no host synchronisation)."""
+    def _bind(self, context: Any, inputs: list[Tensor]) -> Tensor:
+        """Point ``context`` at the input tensors and at a new output tensor of the resulting shape; returns it."""
         for name, t in zip(INPUT_NAMES, inputs, strict=True):
             context.set_input_shape(name, tuple(t.shape))
             context.set_tensor_address(name, t.data_ptr())
         shape = tuple(context.get_tensor_shape(self._out_name))
         out = torch.empty(shape, dtype=self.runner._torch_dtype(self._out_name), device=self.device)
         context.set_tensor_address(self._out_name, out.data_ptr())
+        return out
+
+    def _execute(self, context: Any, inputs: list[Tensor]) -> Tensor:
+        """Enqueue one inference on torch's current stream (no host synchronisation)."""
+        out = self._bind(context, inputs)
         stream = torch.cuda.current_stream(self.device)
         if not context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed on {self._source}")
@@ -177,12 +182,7 @@ class TensorRTBackend(ExportedModelBackend):
         try:
             context = self.engine.create_execution_context()
             static_in = [torch.empty_like(t) for t in inputs]
-            for name, buf in zip(INPUT_NAMES, static_in, strict=True):
-                context.set_input_shape(name, tuple(buf.shape))
-                context.set_tensor_address(name, buf.data_ptr())
-            shape = tuple(context.get_tensor_shape(self._out_name))
-            static_out = torch.empty(shape, dtype=self.runner._torch_dtype(self._out_name), device=self.device)
-            context.set_tensor_address(self._out_name, static_out.data_ptr())
+            static_out = self._bind(context, static_in)
             current = torch.cuda.current_stream(self.device)
             side = torch.cuda.Stream(self.device)
             side.wait_stream(current)
@@ -211,7 +211,6 @@ class TensorRTBackend(ExportedModelBackend):
     def describe(self) -> dict[str, Any]:
         side = self.sidecar
         meta = side.get("onnx") or {}
-        spec = self.spec
         return {
             "backend": self.name,
             "device": str(self.device),
@@ -224,9 +223,7 @@ class TensorRTBackend(ExportedModelBackend):
             "compute_capability": side.get("compute_capability"),
             "precision": meta.get("precision"),
             "ops": meta.get("ops"),
-            "tile": list(spec.tile) if spec.tile else None,
-            "tile_bounds": [list(spec.tile_min), list(spec.tile_max)] if spec.tile_bounds else None,
-            "batch_range": [spec.batch_min, spec.batch_max],
+            **self.spec.describe(),
             "cuda_graph": self.cuda_graph,
             "cuda_graph_shapes": [list(k[0]) for k in self._graphs],
             "bands": self.bands,
