@@ -6,6 +6,8 @@ disjoint from training and validation) it measures PSNR, SSIM, SAM and ERGAS of
 - bicubic upsampling of the LR cube (the baseline the model must beat);
 - the model on the whole image (runtime ``Pipeline``, ``tile=None``: one window, fp32, PyTorch);
 - the model with a mismatched reference (the photo of another scene): shows that the reference is used;
+- the model with the photo taken from the cube's own viewpoint (no misalignment, no photo noise): what alignment
+  would be worth;
 - tiled inference at the default and at smaller overlaps / tiles;
 - reduced precision: PyTorch CPU autocast (bfloat16 and float16) and ONNX Runtime fp32 / fp16 exports;
 
@@ -120,6 +122,8 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool) -> dict[st
             other = made[(i + 1) % len(made)] if len(made) > 1 else make_scene(seed=QUALITY_SEED - 1, size=(
                 size, size), scale=SCALE, split="test")
             add("model, mismatched reference", _pipeline(model, info, scene, other.ref_rgb, None, 0), gt, whole)
+            aligned = np.round(scene.ref_rgb_aligned * 255.0).astype(np.uint8)
+            add("model, photo without misalignment", _pipeline(model, info, scene, aligned, None, 0), gt, whole)
             for tile, overlap in ((256, 32), (256, 8), (128, 16)):
                 tag = " (default)" if (tile, overlap) == (256, 32) else ""
                 out = _pipeline(model, info, scene, scene.ref_rgb, tile, overlap)

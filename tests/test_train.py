@@ -10,7 +10,7 @@ import torch
 
 from sschsr_deploy.checkpoint import load_safetensors
 from sschsr_deploy.runtime import load_model
-from sschsr_deploy.train import TrainConfig, _lr_at, make_sample, train
+from sschsr_deploy.train import TrainConfig, _build, _lr_at, make_sample, train
 
 
 def test_sample_is_on_the_runtime_scale():
@@ -52,4 +52,24 @@ def test_short_run_writes_weights_card_and_resumes(tmp_path):
     again = train(cfg, tmp_path)
     assert again["weights_sha256"] == card["weights_sha256"]
     history = json.loads((tmp_path / "history.json").read_text())
-    assert history["step"] == [1, 2] and len(history["match_loss"]) == 2
+    assert history["step"] == [1, 2] and len(history["match_loss"]) == 2 and len(history["loss_warp"]) == 2
+
+
+def test_raft_is_fixed_at_zero_flow_unless_it_has_a_flow_loss():
+    s = make_sample(11, 128, 4)
+    fixed = _build(TrainConfig())
+    assert not any(p.requires_grad for p in fixed.flownet.parameters())
+    assert all(p.requires_grad for p in fixed.decoder.parameters())
+    with torch.no_grad():
+        assert float(fixed(*s.inputs, return_all=True)["flow"].abs().max()) == 0.0
+    trained = _build(TrainConfig(flow_weight=0.02))
+    assert all(p.requires_grad for p in trained.flownet.parameters())
+    with torch.no_grad():
+        assert float(trained(*s.inputs, return_all=True)["flow"].abs().max()) > 0.0
+
+
+def test_sample_carries_the_aligned_photo():
+    s = make_sample(7, 128, 4)
+    assert s.ref_aligned.shape == (1, 3, 128, 128)
+    ref = s.inputs[2]
+    assert 0.0 < float((s.ref_aligned - ref).abs().mean()) < 0.1  # close to the photo, but not the misaligned photo

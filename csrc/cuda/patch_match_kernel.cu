@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "sschsr/cuda_io.cuh"
 #include "sschsr/patch_match.h"
 
 namespace sschsr {
@@ -33,29 +34,6 @@ namespace {
 constexpr int kBM = 64;           // windows per block
 constexpr int kBN = 64;           // reference patches per tile
 constexpr int kWantBlocks = 1056;  // ≈ 8 blocks per SM on a 132-SM H100
-
-template <typename T>
-struct DevIO;
-template <>
-struct DevIO<float> {
-  __device__ static float load(float x) { return x; }
-  __device__ static float store(float v) { return v; }
-};
-template <>
-struct DevIO<double> {
-  __device__ static double load(double x) { return x; }
-  __device__ static double store(double v) { return v; }
-};
-template <>
-struct DevIO<__half> {
-  __device__ static float load(__half x) { return __half2float(x); }
-  __device__ static __half store(float v) { return __float2half_rn(v); }
-};
-template <>
-struct DevIO<__nv_bfloat16> {
-  __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
 
 __host__ __device__ inline index_t div_up(index_t a, index_t b) { return (a + b - 1) / b; }
 std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }

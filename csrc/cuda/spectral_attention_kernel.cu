@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "sschsr/cuda_io.cuh"
 #include "sschsr/spectral_attention.h"
 
 namespace sschsr {
@@ -25,29 +26,6 @@ constexpr int kTile = 32;      // Gram tile edge and A·V row tile
 constexpr int kPix = 64;       // pixels per shared-memory stage
 constexpr int kThreads = 256;  // threads per block (all kernels)
 constexpr int kWantBlocks = 1024;
-
-template <typename T>
-struct DevIO;
-template <>
-struct DevIO<float> {
-  __device__ static float load(float x) { return x; }
-  __device__ static float store(float v) { return v; }
-};
-template <>
-struct DevIO<double> {
-  __device__ static double load(double x) { return x; }
-  __device__ static double store(double v) { return v; }
-};
-template <>
-struct DevIO<__half> {
-  __device__ static float load(__half x) { return __half2float(x); }
-  __device__ static __half store(float v) { return __float2half_rn(v); }
-};
-template <>
-struct DevIO<__nv_bfloat16> {
-  __device__ static float load(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
 
 struct Plan {
   index_t c, bh, tiles, splits, pixels_per_split, part;  // part: elements of one partial (c² + 2c)

@@ -9,23 +9,12 @@
 #include <vector>
 
 #include "sschsr/patch_match.h"
+#include "test_util.h"
 
 using sschsr::index_t;
 using sschsr::patchmatch::MatchShape;
 using sschsr::storage::Dtype;
 namespace st = sschsr::storage;
-
-static int g_failures = 0;
-
-#define EXPECT(cond, ...)                                         \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      std::printf("FAIL %s:%d: %s — ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-      ++g_failures;                                               \
-    }                                                             \
-  } while (0)
 
 struct Naive {
   std::vector<std::int64_t> index;

@@ -7,32 +7,12 @@
 #include <vector>
 
 #include "sschsr/spectral_attention.h"
+#include "test_util.h"
 
 using sschsr::index_t;
 using sschsr::spectral::AttentionShape;
 using sschsr::storage::Dtype;
 namespace st = sschsr::storage;
-
-static int g_failures = 0;
-
-#define EXPECT(cond, ...)                                         \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      std::printf("FAIL %s:%d: %s — ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-      ++g_failures;                                               \
-    }                                                             \
-  } while (0)
-
-static double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / (den > 0 ? den : 1));
-}
 
 // ---- naive reference ---------------------------------------------------------------------------------------------
 struct Stats {

@@ -79,6 +79,8 @@ class SyntheticScene:
         abundances: material weights, float32, H x W x materials (sum to one per pixel).
         srf: the camera's 3 x bands spectral response (rows R, G, B, each summing to one) for linear RGB renders.
         displacement: H x W x 2 (dy, dx) pixels: the RGB at p shows the scene at p + displacement(p).
+        ref_rgb_aligned: the photo as it would look from the cube's viewpoint (same camera, blur, exposure and gamma; no
+            displacement, noise or quantisation), float32 in [0, 1]: the target of the warp-refine net in training.
         components: peak |displacement| (pixels) of each part: ``homography``, ``nonrigid``, ``parallax``.
         wavelengths: band centres in nm.
         scale: HR / LR factor.
@@ -94,6 +96,7 @@ class SyntheticScene:
     abundances: np.ndarray
     srf: np.ndarray
     displacement: np.ndarray
+    ref_rgb_aligned: np.ndarray
     wavelengths: np.ndarray
     scale: int
     seed: int
@@ -323,9 +326,13 @@ def make_scene(
     disp = homography + nonrigid + parallax
     rgb = _displace(linear, disp)
     sigma = rng.uniform(0.3, 0.8) if rgb_blur is None else float(rgb_blur)
+    aligned = linear
     if sigma > 0:
         rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0), mode="reflect")
-    rgb = rgb / max(float(np.percentile(rgb, 99.5)), 1e-6) * rng.uniform(0.9, 1.0)  # exposure
+        aligned = ndimage.gaussian_filter(linear, (sigma, sigma, 0), mode="reflect")
+    white_level, gain = max(float(np.percentile(rgb, 99.5)), 1e-6), rng.uniform(0.9, 1.0)  # exposure
+    rgb = rgb / white_level * gain
+    aligned = np.clip(aligned / white_level * gain, 0.0, 1.0) ** (1 / 2.2)
     if rgb_noise:
         shot, read = rng.uniform(1e-4, 1e-3), rng.uniform(1e-3, 4e-3)
         rgb = rgb + rng.standard_normal(rgb.shape) * np.sqrt(shot * np.clip(rgb, 0, None) + read ** 2)
@@ -343,6 +350,7 @@ def make_scene(
         abundances=ab.astype(np.float32),
         srf=sens / sens.sum(axis=1, keepdims=True),
         displacement=disp.astype(np.float32),
+        ref_rgb_aligned=aligned.astype(np.float32),
         wavelengths=wl,
         scale=int(scale),
         seed=int(seed),
