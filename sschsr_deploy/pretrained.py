@@ -17,7 +17,7 @@ from .errors import InputValidationError
 __all__ = ["SHIPPED", "shipped_card", "shipped_weights"]
 
 #: (preset, scale) -> file stem under ``sschsr_deploy/resources/weights/``; all are 31-band (400-700 nm) models.
-SHIPPED: dict[tuple[str, int], str] = {("tiny", 4): "tiny_x4"}
+SHIPPED: dict[tuple[str, int], str] = {("tiny", 4): "tiny_x4", ("tiny", 8): "tiny_x8"}
 SHIPPED_BANDS = 31
 
 
