@@ -9,8 +9,9 @@ of the torch-free library uses C++17). Sources are found by convention, so addin
 - ``csrc/torch/*_cuda.cpp``  torch bindings of the CUDA kernels (compiled only in CUDA builds).
 
 CUDA kernels are compiled when a CUDA toolkit and a CUDA build of torch are present; ``SSCHSR_BUILD_CUDA=0/1`` forces
-the choice; ``SSCHSR_BUILD_NATIVE=0`` skips the extension (pure-Python install). Build with ``pip install --no-build-isolation -e .`` so the installed torch is used (torch is not a build
-requirement on purpose: pip would otherwise fetch another one). Without torch the package installs pure-Python and the
+the choice; ``SSCHSR_BUILD_NATIVE=0`` skips the extension (pure-Python install). Build with
+``pip install --no-build-isolation -e .`` so the installed torch is used (torch is not a build requirement on purpose:
+pip would otherwise fetch another one). Without torch the package installs pure-Python and the
 operators fall back to their plain-PyTorch references.
 """
 

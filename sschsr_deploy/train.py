@@ -51,7 +51,6 @@ from torch import Tensor, nn
 
 from .data.synthetic import ground_truth_flow, make_scene
 from .io.atomic import atomic_path, atomic_write_json
-from .model.decoder import RESIDUAL_OFFSET_BOUND
 from .model.warp import warp_reference_exact
 from .preprocess import bicubic_upsample, prepare_inputs
 
@@ -164,12 +163,11 @@ def _build(cfg: TrainConfig) -> nn.Module:
         p.requires_grad_(True)
     with torch.no_grad():
         model.decoder.res3.output.weight.mul_(0.1)
-        if cfg.flow_weight == 0:  # RAFT fixed at zero flow: its update head outputs exactly 0
+        if cfg.flow_weight == 0:  # RAFT fixed at zero flow: its update head outputs exactly 0, and it is frozen
             head = model.flownet.update_block.flow_head.conv2
             head.weight.zero_()
             head.bias.zero_()
-    if cfg.flow_weight == 0:
-        model.flownet.requires_grad_(False)
+            model.flownet.requires_grad_(False)
     return model
 
 
@@ -237,9 +235,8 @@ def offset_alignment_loss(model: nn.Module, trace: dict[str, Tensor], flow: Tens
                              ("1", 1, dec.up_large_dyn_agg)):
         pre = trace[f"match.offset_relu{tag}"]
         b, taps, h, w, _ = pre.shape
-        base = pre.flip(-1).permute(0, 1, 4, 2, 3).reshape(b, 1, taps, 2, h, w)  # (y, x) per tap
-        raw = trace[f"decoder.T{tag}"][:, : 2 * dcn.offset_groups * taps]
-        offset = base + RESIDUAL_OFFSET_BOUND * torch.tanh(raw).reshape(b, dcn.offset_groups, taps, 2, h, w)
+        offset, _ = dcn.offsets_and_mask(trace[f"decoder.O{tag}"], pre, trace[f"match.sim_relu{tag}"])
+        offset = offset.reshape(b, dcn.offset_groups, taps, 2, h, w)  # (dy, dx) per group and tap
         target = (F.avg_pool2d(flow, stride) / stride).flip(1).reshape(b, 1, 1, 2, h, w)  # (x, y) -> (y, x)
         losses.append(F.l1_loss(offset, target.expand_as(offset)))
     return torch.stack(losses).mean()
@@ -257,8 +254,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     model = _build(cfg).train()
-    history: dict[str, list] = {"step": [], "loss": [], "loss_cube": [], "loss_flow": [], "loss_warp": [], "val_step": [],
-                                "val_psnr_model": [], "val_psnr_bicubic": []}
+    history: dict[str, list] = {"step": [], "loss": [], "loss_cube": [], "loss_flow": [], "loss_warp": [],
+                                "val_step": [], "val_psnr_model": [], "val_psnr_bicubic": []}
     start = 0
     ckpt = out / "checkpoint.pt"
     cfg_path = out / "train_config.json"
