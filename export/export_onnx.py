@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="RAFT context BN: running statistics, or batch statistics as the official test")
     p.add_argument("--opset", type=int, default=20)
     p.add_argument("--bands", type=int, help="band count override (default: the preset's 31)")
+    p.add_argument("--scale", type=int, default=4,
+                   help="scale the weights were trained for (recorded in the metadata; picks the shipped tiny weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the check input")
     p.add_argument("--out", required=True, help="output .onnx path")
     return p.parse_args(argv)
@@ -55,7 +57,11 @@ def main(argv=None) -> int:
     if args.weights is None and args.preset == "tiny" and not args.bands:
         from sschsr_deploy.pretrained import shipped_weights
 
-        args.weights = str(shipped_weights("tiny", 4))
+        try:
+            args.weights = str(shipped_weights("tiny", args.scale))
+        except SSCHSRError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"no --weights: exporting the shipped tiny weights {Path(args.weights).name}", file=sys.stderr)
     if args.weights is None:
         warnings.warn("no --weights given: exporting RANDOM weights (fine for testing the pipeline, useless for "
@@ -64,7 +70,7 @@ def main(argv=None) -> int:
         print(f"error: need 1 <= --min-batch <= --batch, got {args.min_batch}, {args.batch}", file=sys.stderr)
         return 2
     try:
-        overrides = {"bands": args.bands} if args.bands else {}
+        overrides = {"scale": args.scale, **({"bands": args.bands} if args.bands else {})}
         model = build_model(args.preset, args.weights, args.raft_iters, args.batchnorm_mode, args.seed, **overrides)
         result = export_onnx(
             model, args.out, tile=tuple(args.tile), batch_range=(args.min_batch, args.batch),

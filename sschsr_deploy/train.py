@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data.synthetic import ground_truth_flow, make_scene
+from .data.flow_pairs import FlowPairPool
+from .data.synthetic import Misalignment, ground_truth_flow, make_scene
 from .io.atomic import atomic_path, atomic_write_json
 from .model.warp import warp_reference_exact
 from .preprocess import bicubic_upsample, prepare_inputs
@@ -67,6 +68,12 @@ class TrainConfig:
 
     preset: str = "tiny"
     scale: int = 4
+    raft_steps: int = 1000  # stage 0: RAFT alone, L1 to the exact flow of displaced photos (0: RAFT fixed at zero flow)
+    raft_batch: int = 8
+    raft_lr: float = 1e-3
+    raft_pool: int = 48  # generated scenes the stage-0 pairs are cut from
+    raft_max_displacement: float = 10.0  # pixels per axis
+    raft_same_modality: float = 0.4  # fraction of stage 0 over which photo-to-photo pairs fade out (curriculum)
     match_steps: int = 300  # stage 1: the correspondence extractors alone, contrastive loss on the true flow
     match_batch: int = 4
     match_lr: float = 1e-3
@@ -77,7 +84,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup: int = 20
-    flow_weight: float = 0.0  # > 0: RAFT trains on L1 to the true flow; 0: RAFT is fixed at zero flow (see module doc)
+    flow_weight: float = 0.0  # > 0: RAFT keeps training in stage 2 on L1 to the true flow; 0: it is frozen there
     warp_weight: float = 0.2  # SmoothL1 of the warp-refine output to the aligned photo (the official auxiliary loss)
     offset_weight: float = 0.0  # L1 (pixels) between the deformable offsets and the true flow, at every decoder level
     grad_clip: float = 1.0
@@ -99,10 +106,15 @@ class Sample:
     ref_aligned: Tensor
 
 
-def make_sample(seed: int, size: int, scale: int, split: str = "train") -> Sample:
-    """A generated scene as the runtime would feed it, with the target on the LR cube's min-max scale."""
+def make_sample(seed: int, size: int, scale: int, split: str = "train", misalignment: float = 1.0) -> Sample:
+    """A generated scene as the runtime would feed it, with the target on the LR cube's min-max scale.
+
+    ``misalignment`` scales every bound of the generator's default :class:`Misalignment` (0 = an aligned photo).
+    """
     rng = np.random.default_rng(seed)
-    scene = make_scene(seed=seed, size=(size, size), scale=scale, split=split, materials=int(rng.integers(4, 9)))
+    bounds = Misalignment(**{k: v * misalignment for k, v in asdict(Misalignment()).items()})
+    scene = make_scene(seed=seed, size=(size, size), scale=scale, split=split, materials=int(rng.integers(4, 9)),
+                       misalignment=bounds)
     inputs = prepare_inputs(scene.lr_hsi, scene.ref_rgb, scale)
     lo, hi = float(scene.lr_hsi.min()), float(scene.lr_hsi.max())
     target = (scene.hr_hsi.astype(np.float64) - lo) / (hi - lo)
@@ -163,12 +175,68 @@ def _build(cfg: TrainConfig) -> nn.Module:
         p.requires_grad_(True)
     with torch.no_grad():
         model.decoder.res3.output.weight.mul_(0.1)
-        if cfg.flow_weight == 0:  # RAFT fixed at zero flow: its update head outputs exactly 0, and it is frozen
+        if cfg.flow_weight == 0 and cfg.raft_steps == 0:  # RAFT fixed at zero flow: its update head outputs 0
             head = model.flownet.update_block.flow_head.conv2
             head.weight.zero_()
             head.bias.zero_()
             model.flownet.requires_grad_(False)
     return model
+
+
+def _raft_frozen(cfg: TrainConfig) -> bool:
+    """RAFT does not train in stage 2 (pretrained in stage 0, or fixed at zero flow): it then runs in eval mode."""
+    return cfg.flow_weight == 0
+
+
+@torch.no_grad()
+def flow_error(raft: nn.Module, samples: list[Sample]) -> dict[str, float]:
+    """Mean end-point error (pixels) of RAFT's flow and of zero flow on samples with the generator's misalignment."""
+    was_training = raft.training
+    raft.eval()
+    epe = [float((raft(s.inputs[3], s.inputs[4]) - s.flow).norm(dim=1).mean()) for s in samples]
+    zero = [float(s.flow.norm(dim=1).mean()) for s in samples]
+    raft.train(was_training)
+    return {"epe_raft": float(np.mean(epe)), "epe_zero_flow": float(np.mean(zero))}
+
+
+def _pretrain_flow(model: nn.Module, cfg: TrainConfig, val: list[Sample]) -> dict[str, list]:
+    """Stage 0: RAFT alone on :class:`FlowPairPool` pairs (RAFT's sequence loss: every iteration's 1/8-resolution
+    flow weighted 0.8^(n-1-i), plus the upsampled flow), cosine schedule from ``raft_lr``. Curriculum: the share of
+    photo-to-photo pairs falls linearly from 1 to 0 over the first ``raft_same_modality`` of the steps (cross-modal
+    pairs alone learn the horizontal flow in ~500 steps but not the vertical one in 1000; the same-sensor task learns
+    both in ~300)."""
+    raft = model.flownet
+    raft.train()
+    pool = FlowPairPool(cfg.raft_pool, max(cfg.crop + 64, 192), cfg.crop, cfg.scale, cfg.raft_max_displacement,
+                        seed=cfg.seed)
+    opt = torch.optim.AdamW(raft.parameters(), lr=cfg.raft_lr, weight_decay=1e-5)
+    history: dict[str, list] = {"raft_step": [], "raft_loss": [], "raft_val_step": [], "raft_val_epe": []}
+    for step in range(cfg.raft_steps):
+        for g in opt.param_groups:
+            g["lr"] = _cosine(step, cfg.raft_steps, cfg.raft_lr, cfg.raft_lr / 25, max(cfg.raft_steps // 20, 1))
+        fade = cfg.raft_same_modality * cfg.raft_steps
+        hsi, ref, flow = pool.batch(cfg.raft_batch, same_modality=max(0.0, 1.0 - step / fade) if fade else 0.0)
+        trace: dict[str, Tensor] = {}
+        pred = raft(hsi, ref, trace=trace)
+        lowres = trace["raft.flow_lowres_iters"]  # iters x B x 2 x h/8 x w/8, in 1/8-resolution pixels
+        target8 = F.avg_pool2d(flow, 8) / 8
+        n = lowres.shape[0]
+        final = F.l1_loss(pred, flow)
+        loss = final + sum(0.8 ** (n - 1 - i) * 8 * F.l1_loss(lowres[i], target8) for i in range(n))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(raft.parameters(), cfg.grad_clip)
+        opt.step()
+        history["raft_step"].append(step + 1)
+        history["raft_loss"].append(final.item())
+        if (step + 1) % (4 * cfg.val_every) == 0 or step + 1 == cfg.raft_steps:
+            e = flow_error(raft, val)
+            history["raft_val_step"].append(step + 1)
+            history["raft_val_epe"].append(e["epe_raft"])
+            log.info("flow step %d/%d L1 %.3f (mean of the last %d) held-out EPE %.3f px (zero flow %.3f)", step + 1,
+                     cfg.raft_steps, float(np.mean(history["raft_loss"][-4 * cfg.val_every:])), 4 * cfg.val_every,
+                     e["epe_raft"], e["epe_zero_flow"])
+    return history
 
 
 def contrastive_match_loss(model: nn.Module, inputs: tuple[Tensor, ...], flow_gt: Tensor,
@@ -267,9 +335,22 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         log.info("resumed from step %d", start)
     atomic_write_json(cfg_path, asdict(cfg))
     val = [make_sample(VALIDATION_SEED + i, cfg.crop, cfg.scale, "test") for i in range(cfg.val_scenes)]
-    t0 = time.perf_counter()
-    match_ckpt = out / "match_checkpoint.pt"
+    t_start = t0 = time.perf_counter()
+    stage_seconds: dict[str, float] = {}
     if start == 0:
+        raft_ckpt = out / "raft_checkpoint.pt"
+        if cfg.raft_steps and same_config and raft_ckpt.exists():
+            state = torch.load(raft_ckpt, map_location="cpu", weights_only=True)
+            model.flownet.load_state_dict(state["flownet"])
+            history = {**history, **json.loads(state["history"])}
+            log.info("flow stage loaded from %s", raft_ckpt)
+        elif cfg.raft_steps:
+            history.update(_pretrain_flow(model, cfg, val))
+            with atomic_path(raft_ckpt) as tmp:
+                torch.save({"flownet": model.flownet.state_dict(), "history": json.dumps(history)}, tmp)
+            stage_seconds["flow"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        match_ckpt = out / "match_checkpoint.pt"
         if same_config and match_ckpt.exists():
             state = torch.load(match_ckpt, map_location="cpu", weights_only=True)
             model.rgb_extractor.load_state_dict(state["rgb_extractor"])
@@ -279,12 +360,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
             history.update(_train_matching(model, cfg))
             with atomic_path(match_ckpt) as tmp:
                 torch.save({"rgb_extractor": model.rgb_extractor.state_dict(), "history": json.dumps(history)}, tmp)
+            stage_seconds["matching"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
+    if _raft_frozen(cfg):
+        model.flownet.requires_grad_(False)
     for p in model.rgb_extractor.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
+    frozen_raft = _raft_frozen(cfg)
+    model.flownet.train(not frozen_raft)
     for step in range(start, cfg.steps):
         batch = [make_sample(cfg.seed * 10_000_000 + step * cfg.batch + i, cfg.crop, cfg.scale)
                  for i in range(cfg.batch)]
@@ -313,6 +399,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         done = step + 1
         if done % cfg.val_every == 0 or done == cfg.steps:
             v = validate(model, val)
+            model.flownet.train(not frozen_raft)
             history["val_step"].append(done)
             history["val_psnr_model"].append(v["psnr_model"])
             history["val_psnr_bicubic"].append(v["psnr_bicubic"])
@@ -333,11 +420,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         "data": {"generator": "sschsr_deploy.data.make_scene", "split": "train", "crop": cfg.crop,
                  "samples": cfg.steps * cfg.batch + cfg.match_steps * cfg.match_batch,
                  "sample_seeds": f"stage 2: seed*10_000_000 + step*batch + i, stage 1: seed*10_000_000 + 5_000_000 + "
-                                 f"step*match_batch + i (seed={cfg.seed})"},
+                                 f"step*match_batch + i (seed={cfg.seed})",
+                 "flow_pairs": {"pairs": cfg.raft_steps * cfg.raft_batch, "pool_scenes": cfg.raft_pool,
+                                "generator": "sschsr_deploy.data.flow_pairs.FlowPairPool (aligned train-split scenes "
+                                             "displaced by random fields)"}},
         "validation": {"split": "test", "seeds": [VALIDATION_SEED + i for i in range(cfg.val_scenes)],
                        "psnr_model": history["val_psnr_model"][-1] if history["val_psnr_model"] else None,
                        "psnr_bicubic": history["val_psnr_bicubic"][-1] if history["val_psnr_bicubic"] else None},
-        "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+        "flow": flow_error(model.flownet, val),
+        "train_seconds_this_run": round(time.perf_counter() - t_start, 1),
+        "stage_seconds_this_run": {**stage_seconds, "network": round(time.perf_counter() - t0, 1)},
         "torch": torch.__version__,
     }
     atomic_write_json(out / "card.json", card)

@@ -145,6 +145,12 @@ def test_cli_exits_nonzero_on_bad_arguments(tmp_path):
                            str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "multiples of 8" in proc.stderr and "RANDOM weights" in proc.stderr  # no weights ship for official
+    proc = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--scale", "8", "--tile", "100", "100",
+                           "--out", str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "tiny_x8" in proc.stderr  # --scale picks the shipped weights of that scale
+    proc = subprocess.run([sys.executable, str(script), "--preset", "tiny", "--scale", "3", "--tile", "128", "128",
+                           "--out", str(tmp_path / "x.onnx")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no shipped weights" in proc.stderr and "x3" in proc.stderr
 
 
 # ---- the three custom ops, small module ----------------------------------------------------------------------------

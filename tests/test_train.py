@@ -36,9 +36,11 @@ def test_learning_rate_schedule():
 
 
 def test_short_run_writes_weights_card_and_resumes(tmp_path):
-    cfg = TrainConfig(match_steps=2, match_batch=1, steps=2, batch=1, val_every=2, checkpoint_every=1, val_scenes=1)
+    cfg = TrainConfig(raft_steps=2, raft_batch=1, raft_pool=2, match_steps=2, match_batch=1, steps=2, batch=1,
+                      val_every=2, checkpoint_every=1, val_scenes=1)
     card = train(cfg, tmp_path)
-    for name in ("weights.safetensors", "card.json", "history.json", "checkpoint.pt", "match_checkpoint.pt"):
+    for name in ("weights.safetensors", "card.json", "history.json", "checkpoint.pt", "match_checkpoint.pt",
+                 "raft_checkpoint.pt"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert json.loads((tmp_path / "card.json").read_text())["weights_sha256"] == card["weights_sha256"]
     assert card["data"]["samples"] == 4 and np.isfinite(card["validation"]["psnr_model"])
@@ -53,19 +55,23 @@ def test_short_run_writes_weights_card_and_resumes(tmp_path):
     assert again["weights_sha256"] == card["weights_sha256"]
     history = json.loads((tmp_path / "history.json").read_text())
     assert history["step"] == [1, 2] and len(history["match_loss"]) == 2 and len(history["loss_warp"]) == 2
+    assert history["raft_step"] == [1, 2] and history["raft_val_step"] == [2]
+    assert card["flow"]["epe_zero_flow"] > 0.5 and np.isfinite(card["flow"]["epe_raft"])
+    assert set(card["stage_seconds_this_run"]) == {"flow", "matching", "network"}
 
 
-def test_raft_is_fixed_at_zero_flow_unless_it_has_a_flow_loss():
+def test_raft_is_fixed_at_zero_flow_without_flow_training():
     s = make_sample(11, 128, 4)
-    fixed = _build(TrainConfig())
+    fixed = _build(TrainConfig(raft_steps=0))
     assert not any(p.requires_grad for p in fixed.flownet.parameters())
     assert all(p.requires_grad for p in fixed.decoder.parameters())
     with torch.no_grad():
         assert float(fixed(*s.inputs, return_all=True)["flow"].abs().max()) == 0.0
-    trained = _build(TrainConfig(flow_weight=0.02))
-    assert all(p.requires_grad for p in trained.flownet.parameters())
-    with torch.no_grad():
-        assert float(trained(*s.inputs, return_all=True)["flow"].abs().max()) > 0.0
+    for cfg in (TrainConfig(raft_steps=0, flow_weight=0.02), TrainConfig()):  # stage-2 flow loss, or stage 0
+        trained = _build(cfg)
+        assert all(p.requires_grad for p in trained.flownet.parameters())
+        with torch.no_grad():
+            assert float(trained(*s.inputs, return_all=True)["flow"].abs().max()) > 0.0
 
 
 def test_sample_carries_the_aligned_photo():
@@ -73,3 +79,39 @@ def test_sample_carries_the_aligned_photo():
     assert s.ref_aligned.shape == (1, 3, 128, 128)
     ref = s.inputs[2]
     assert 0.0 < float((s.ref_aligned - ref).abs().mean()) < 0.1  # close to the photo, but not the misaligned photo
+
+
+def test_sample_misalignment_knob():
+    aligned = make_sample(7, 128, 4, misalignment=0.0)
+    assert float(aligned.flow.abs().max()) == 0.0
+    half, full = make_sample(7, 128, 4, misalignment=0.5), make_sample(7, 128, 4)
+    # the generator draws the same fields; only the bounds scale, so the flow scales with them (to first order: the
+    # rotation and the perspective denominator are not linear in their bounds)
+    assert float(full.flow.abs().max()) > 1.0
+    torch.testing.assert_close(half.flow * 2, full.flow, atol=0.01, rtol=0)
+    torch.testing.assert_close(half.target, full.target, rtol=0, atol=0)  # the cube does not depend on the photo
+
+
+def test_offset_alignment_loss_compares_each_level_to_the_scaled_flow():
+    from sschsr_deploy.train import offset_alignment_loss
+
+    torch.manual_seed(0)
+    s = make_sample(3, 128, 4)
+    model = _build(TrainConfig())
+    trace: dict = {}
+    model(*s.inputs, return_all=True, trace=trace)
+    # a constant flow with different x and y: catches an (x, y) / (dy, dx) mix-up and a missing division by the stride
+    flow = torch.empty(1, 2, 128, 128)
+    flow[:, 0], flow[:, 1] = 2.0, -6.0
+    loss = offset_alignment_loss(model, trace, flow)
+    # the offset predictors start at zero, so every tap's offset is the patch-match offset of its level (x, y order)
+    expected = []
+    for tag, stride in (("3", 4), ("2", 2), ("1", 1)):
+        pre = trace[f"match.offset_relu{tag}"]  # B x 9 x h x w x 2, (x, y)
+        target = torch.tensor([2.0 / stride, -6.0 / stride])
+        expected.append((pre - target).abs().mean())
+    assert float(torch.stack(expected).abs().sum()) > 0
+    torch.testing.assert_close(loss, torch.stack(expected).mean(), rtol=1e-5, atol=1e-6)
+    loss.backward()  # the loss reaches the offset predictors
+    grad = model.decoder.up_small_dyn_agg.conv_offset_mask.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
