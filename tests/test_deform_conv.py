@@ -237,3 +237,27 @@ def test_unsupported_dtype():
     with pytest.raises(TypeError, match="unsupported dtype"):
         op(x, torch.zeros(1, 2, 3, 3, dtype=torch.int32), None, torch.zeros(1, 1, 1, 1, dtype=torch.int32), None,
            [1, 1], [0, 0], [1, 1], 1, 1)
+
+
+def test_dispatch_traces_under_torch_compile_without_cache_warnings():
+    """The per-call backend choice runs inside compiled graphs; it must not call functools.cache-wrapped helpers,
+    which Dynamo warns about on every trace (and the result must equal the eager call)."""
+    import warnings
+
+    from sschsr_deploy.ops import modulated_deform_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 9, 11)
+    offset = torch.randn(1, 2 * 2 * 9, 9, 11)
+    mask = torch.rand(1, 2 * 9, 9, 11)
+    weight = torch.randn(3, 4, 3, 3)
+
+    def f(x, offset, mask, weight):
+        return modulated_deform_conv2d(x, offset, mask, weight, None, 1, 1, 1, 1, 2)
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(f, backend="eager", fullgraph=True)(x, offset, mask, weight)
+    assert not [w for w in caught if "lru_cache" in str(w.message)], [str(w.message) for w in caught]
+    torch.testing.assert_close(out, f(x, offset, mask, weight), rtol=1e-5, atol=1e-5)

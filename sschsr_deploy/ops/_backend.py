@@ -13,7 +13,6 @@ run raises instead of silently falling back.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.util
 import os
@@ -25,17 +24,24 @@ import torch
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 _native_import_error: str | None = None
 _forced: dict[str, str] = {}  # op name -> "op" | "reference", set by ``forced_backends`` (export, tracing)
+# Resolved once, then read as plain module globals: the per-call dispatch must not call a functools.cache-wrapped
+# function, which torch.compile (Dynamo) warns about on every trace.
+_native_resolved = False
+_native_module: ModuleType | None = None
+_triton_found: bool | None = None
+_kernels: dict[tuple[str, str], bool] = {}  # (op, "cpu" | "cuda") -> native kernel registered; filled by define_op
 
 
-@functools.cache
 def native() -> ModuleType | None:
     """The native extension, or None when it is not built (the reason is kept for ``native_status``)."""
-    global _native_import_error
-    try:
-        return importlib.import_module("sschsr_deploy._C")
-    except ImportError as exc:
-        _native_import_error = str(exc)
-        return None
+    global _native_import_error, _native_module, _native_resolved
+    if not _native_resolved:
+        try:
+            _native_module = importlib.import_module("sschsr_deploy._C")
+        except ImportError as exc:
+            _native_import_error = str(exc)
+        _native_resolved = True
+    return _native_module
 
 
 def native_status() -> dict:
@@ -47,16 +53,30 @@ def native_status() -> dict:
 
 
 def has_kernel(op: str, device_type: str) -> bool:
-    """True when ``torch.ops.sschsr.<op>`` has a native kernel for the device type ('cpu' / 'cuda')."""
+    """True when ``torch.ops.sschsr.<op>`` has a native kernel for the device type ('cpu' / 'cuda').
+
+    Answered from a table filled when the op is defined (registrations do not change afterwards), so that the
+    dispatch inside a ``torch.compile``d model does not call into the dispatcher (a graph break)."""
+    known = _kernels.get((op, device_type))
+    if known is not None:
+        return known
+    found = _query_kernel(op, device_type)
+    _kernels[(op, device_type)] = found
+    return found
+
+
+def _query_kernel(op: str, device_type: str) -> bool:
     if native() is None:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"sschsr::{op}", key)
 
 
-@functools.cache
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    global _triton_found
+    if _triton_found is None:
+        _triton_found = importlib.util.find_spec("triton") is not None
+    return _triton_found
 
 
 def hasattr_op(op: str) -> bool:
@@ -75,6 +95,8 @@ def define_op(op: str, schema: str, reference: Callable, fake: Callable) -> None
         torch.library.define(f"sschsr::{op}", schema[schema.index("(") :])
         torch.library.impl(f"sschsr::{op}", "CompositeExplicitAutograd")(reference)
     torch.library.register_fake(f"sschsr::{op}")(fake)
+    for device_type in ("cpu", "cuda"):
+        _kernels[(op, device_type)] = _query_kernel(op, device_type)
 
 
 @contextlib.contextmanager
