@@ -84,6 +84,7 @@ class TrainConfig:
     raft_pool: int = 48  # generated scenes the stage-0 pairs are cut from
     raft_max_displacement: float = 10.0  # pixels per axis
     raft_same_modality: float = 0.4  # fraction of stage 0 over which photo-to-photo pairs fade out (curriculum)
+    raft_loss: str = "l1"  # stage-0 sequence loss: "l1" (RAFT's) or "mse" (learns both axes together, see doc)
     match_steps: int = 300  # stage 1: the correspondence extractors alone, contrastive loss on the true flow
     match_batch: int = 4
     match_lr: float = 1e-3
@@ -219,9 +220,12 @@ def flow_error(raft: nn.Module, samples: list[Sample]) -> dict[str, float]:
 def _pretrain_flow(model: nn.Module, cfg: TrainConfig, val: list[Sample]) -> dict[str, list]:
     """Stage 0: RAFT alone on :class:`FlowPairPool` pairs (RAFT's sequence loss: every iteration's 1/8-resolution
     flow weighted 0.8^(n-1-i), plus the upsampled flow), cosine schedule from ``raft_lr``. Curriculum: the share of
-    photo-to-photo pairs falls linearly from 1 to 0 over the first ``raft_same_modality`` of the steps (cross-modal
-    pairs alone learn the horizontal flow in ~500 steps but not the vertical one in 1000; the same-sensor task learns
-    both in ~300)."""
+    photo-to-photo pairs falls linearly from 1 to 0 over the first ``raft_same_modality`` of the steps. ``raft_loss``
+    picks L1 (RAFT's; learns one flow axis at a time here) or MSE (both axes together, more slowly; module doc)."""
+    losses = {"l1": F.l1_loss, "mse": F.mse_loss}
+    if cfg.raft_loss not in losses:
+        raise ValueError(f"raft_loss must be one of {sorted(losses)}, got {cfg.raft_loss!r}")
+    loss_fn = losses[cfg.raft_loss]
     raft = model.flownet
     raft.train()
     pool = FlowPairPool(cfg.raft_pool, max(cfg.crop + 64, 192), cfg.crop, cfg.scale, cfg.raft_max_displacement,
@@ -236,10 +240,10 @@ def _pretrain_flow(model: nn.Module, cfg: TrainConfig, val: list[Sample]) -> dic
         trace: dict[str, Tensor] = {}
         pred = raft(hsi, ref, trace=trace)
         lowres = trace["raft.flow_lowres_iters"]  # iters x B x 2 x h/8 x w/8, in 1/8-resolution pixels
-        target8 = F.avg_pool2d(flow, 8) / 8
+        target8 = F.avg_pool2d(flow, 8)  # HR pixels
         n = lowres.shape[0]
         final = F.l1_loss(pred, flow)
-        loss = final + sum(0.8 ** (n - 1 - i) * 8 * F.l1_loss(lowres[i], target8) for i in range(n))
+        loss = loss_fn(pred, flow) + sum(0.8 ** (n - 1 - i) * loss_fn(8 * lowres[i], target8) for i in range(n))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(raft.parameters(), cfg.grad_clip)

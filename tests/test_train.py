@@ -115,3 +115,18 @@ def test_offset_alignment_loss_compares_each_level_to_the_scaled_flow():
     loss.backward()  # the loss reaches the offset predictors
     grad = model.decoder.up_small_dyn_agg.conv_offset_mask.weight.grad
     assert grad is not None and float(grad.abs().sum()) > 0
+
+
+def test_stage0_losses():
+    from sschsr_deploy.train import _pretrain_flow
+
+    val = [make_sample(5, 128, 4, "test")]
+    for loss in ("l1", "mse"):
+        cfg = TrainConfig(raft_steps=2, raft_batch=1, raft_pool=1, raft_loss=loss, val_every=1)
+        model = _build(cfg)
+        before = [p.detach().clone() for p in model.flownet.parameters()]
+        history = _pretrain_flow(model, cfg, val)
+        assert history["raft_step"] == [1, 2] and all(v > 0 for v in history["raft_loss"])
+        assert any(not torch.equal(b, p) for b, p in zip(before, model.flownet.parameters(), strict=True))
+    with pytest.raises(ValueError, match="raft_loss"):
+        _pretrain_flow(_build(TrainConfig(raft_steps=1)), TrainConfig(raft_steps=1, raft_loss="huber"), val)
