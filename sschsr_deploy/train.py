@@ -31,13 +31,14 @@ pixels), so alignment decides how much the photo can give. The tiny RAFT from sc
 time in this budget: in 1500 stage-0 steps (13 min) the held-out end-point error falls from 3.55 px (zero flow) to
 2.54 px, the vertical component from 2.67 to 0.86 px while the horizontal one stays at the zero-flow error (2.2 px);
 without the curriculum it was the horizontal one (1000 steps). The same winner-takes-one-axis pattern shows on
-same-sensor pairs (300 steps, lr 1e-3 or 4e-4, with or without the official detach of the lookup coordinates); each
-axis alone is learned in about 200 steps. With ``raft_loss="mse"`` both axes are learned together: 1500 steps
-(12 min) bring the per-axis error on train-split generator pairs from 1.96 / 2.19 px (zero flow, x / y) to
+same-sensor pairs (300 steps, lr 1e-3 or 4e-4, with or without the official detach of the lookup coordinates), while
+either axis alone is learned in about 200 steps (one scene). With ``raft_loss="mse"`` both axes are learned together:
+1500 steps (12 min) bring the per-axis error on train-split generator pairs from 1.96 / 2.19 px (zero flow, x / y) to
 0.60 / 0.68 px and on held-out ones (other camera and spectra) from 2.17 / 2.67 to 1.38 / 1.03 px (EPE 3.55 -> 2.36);
-a whole-network run on top of it was not finished in the session that found this. The contrastive patch matching is not more accurate than zero flow at this
-budget. Without an aligned photo in training the network learns to ignore the photo (a mismatched photo costs it
-0.06 dB); trained on aligned photos it gains +0.4 dB more after 150 steps than on misaligned ones. A full run with
+a whole-network run on top of it was not finished in the session that found this. The contrastive patch matching is
+not more accurate than zero flow at this budget. Without an aligned photo in training the network learns to ignore
+the photo (a mismatched photo costs it 0.06 dB); trained on aligned photos it gains +0.4 dB more after 150 steps than
+on misaligned ones. A full run with
 stage 0 (``raft_steps=1500, steps=700``; 69 min on 2 shared cores) leans on the photo more (a mismatched photo costs it
 0.28 dB instead of 0.05) but gains less over bicubic on 12 held-out scenes (+1.41 dB vs +1.69 dB for the shipped
 recipe; validation 26.56 vs 26.93 dB, bicubic 24.54), so the default stays ``raft_steps=0``.
