@@ -54,6 +54,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,14 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return _cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup)
 
 
+def _optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params, clip: float) -> None:
+    """Backward, clip the gradient norm of ``params`` to ``clip``, step: the update every stage makes."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
 def _build(cfg: TrainConfig) -> nn.Module:
     from .model import SSCHSR
 
@@ -248,10 +257,7 @@ def _pretrain_flow(model: nn.Module, cfg: TrainConfig, val: list[Sample]) -> dic
         n = lowres.shape[0]
         final = F.l1_loss(pred, flow)
         loss = loss_fn(pred, flow) + sum(0.8 ** (n - 1 - i) * loss_fn(8 * lowres[i], target8) for i in range(n))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(raft.parameters(), cfg.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, raft.parameters(), cfg.grad_clip)
         history["raft_step"].append(step + 1)
         history["raft_loss"].append(final.item())
         if (step + 1) % (4 * cfg.val_every) == 0 or step + 1 == cfg.raft_steps:
@@ -290,10 +296,7 @@ def _train_matching(model: nn.Module, cfg: TrainConfig) -> dict[str, list]:
         for g in opt.param_groups:
             g["lr"] = _cosine(step, cfg.match_steps, cfg.match_lr, cfg.match_lr / 20, cfg.warmup)
         loss = contrastive_match_loss(model, inputs, flow_gt, cfg.match_temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, params, cfg.grad_clip)
         steps.append(step + 1)
         losses.append(loss.item())
         if (step + 1) % cfg.val_every == 0:
@@ -314,6 +317,22 @@ def _load_checkpoint(path: Path, model: nn.Module) -> tuple[int, dict, dict]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     return int(state["step"]), json.loads(state["history"]), state["optimizer"]
+
+
+def _run_or_load_stage(path: Path, module: nn.Module, key: str, resume: bool, history: dict,
+                       run: Callable[[], dict]) -> bool:
+    """A pretraining stage: load ``module`` (and the stage's history) from ``path`` when resuming the same config, else
+    ``run()`` it, merge its history and save the module atomically. True when the stage ran."""
+    if resume and path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        module.load_state_dict(state[key])
+        history.update(json.loads(state["history"]))
+        log.info("%s loaded from %s", key, path)
+        return False
+    history.update(run())
+    with atomic_path(path) as tmp:
+        torch.save({key: module.state_dict(), "history": json.dumps(history)}, tmp)
+    return True
 
 
 def offset_alignment_loss(model: nn.Module, trace: dict[str, Tensor], flow: Tensor) -> Tensor:
@@ -363,28 +382,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     t_start = t0 = time.perf_counter()
     stage_seconds: dict[str, float] = {}
     if start == 0:
-        raft_ckpt = out / "raft_checkpoint.pt"
-        if cfg.raft_steps and same_config and raft_ckpt.exists():
-            state = torch.load(raft_ckpt, map_location="cpu", weights_only=True)
-            model.flownet.load_state_dict(state["flownet"])
-            history = {**history, **json.loads(state["history"])}
-            log.info("flow stage loaded from %s", raft_ckpt)
-        elif cfg.raft_steps:
-            history.update(_pretrain_flow(model, cfg, val))
-            with atomic_path(raft_ckpt) as tmp:
-                torch.save({"flownet": model.flownet.state_dict(), "history": json.dumps(history)}, tmp)
+        if cfg.raft_steps and _run_or_load_stage(out / "raft_checkpoint.pt", model.flownet, "flownet", same_config,
+                                                 history, lambda: _pretrain_flow(model, cfg, val)):
             stage_seconds["flow"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        match_ckpt = out / "match_checkpoint.pt"
-        if same_config and match_ckpt.exists():
-            state = torch.load(match_ckpt, map_location="cpu", weights_only=True)
-            model.rgb_extractor.load_state_dict(state["rgb_extractor"])
-            history = {**history, **json.loads(state["history"])}
-            log.info("matching stage loaded from %s", match_ckpt)
-        else:
-            history.update(_train_matching(model, cfg))
-            with atomic_path(match_ckpt) as tmp:
-                torch.save({"rgb_extractor": model.rgb_extractor.state_dict(), "history": json.dumps(history)}, tmp)
+        if _run_or_load_stage(out / "match_checkpoint.pt", model.rgb_extractor, "rgb_extractor", same_config, history,
+                              lambda: _train_matching(model, cfg)):
             stage_seconds["matching"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
     if _raft_frozen(cfg):
@@ -412,10 +415,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
             loss_offset = offset_alignment_loss(model, trace, flow_gt - res["flow"].detach())
             loss = loss + cfg.offset_weight * loss_offset
             history.setdefault("loss_offset", []).append(loss_offset.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        _optimizer_step(opt, loss, model.parameters(), cfg.grad_clip)
         history["step"].append(step + 1)
         history["loss"].append(loss.item())
         history["loss_cube"].append(loss_cube.item())

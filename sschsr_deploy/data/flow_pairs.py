@@ -51,6 +51,9 @@ class FlowPairPool:
                 f"scenes={scenes}, crop={crop}, scene_size={scene_size}, max_displacement={max_displacement}")
         self.crop, self.size, self.max_displacement = crop, scene_size, float(max_displacement)
         self.generator = torch.Generator().manual_seed(seed)
+        ys, xs = torch.meshgrid(torch.arange(scene_size, dtype=torch.float32),
+                                torch.arange(scene_size, dtype=torch.float32), indexing="ij")
+        self._grid_yx = (ys, xs)  # pixel coordinates of a scene, for displacing photos
         self.entries = []
         for i in range(scenes):
             scene_seed = seed * 1_000_003 + 7_000_000 + i
@@ -85,8 +88,7 @@ class FlowPairPool:
         disp = self.displacement(batch)
         photo_first = (self._uniform(batch) < same_modality).tolist()
         photos = torch.stack([self.entries[i].photo_flow for i in pick])
-        yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32),
-                                indexing="ij")
+        yy, xx = self._grid_yx
         # displace the whole photo, then crop: the crop's borders show real content, not padding
         grid = torch.stack([2 * (xx - disp[:, 0]) / (s - 1) - 1, 2 * (yy - disp[:, 1]) / (s - 1) - 1], dim=-1)
         moved = F.grid_sample(photos, grid, mode="bilinear", padding_mode="border", align_corners=True)
