@@ -4,7 +4,8 @@ Every operator lives in ``torch.ops.sschsr``. When the native extension ``sschsr
 registers the operators with CPU (and, in CUDA builds, CUDA) kernels; otherwise this module defines the same schemas
 with the reference as their implementation, so ``torch.ops.sschsr.*`` always exists and traces the same way.
 
-Choice per call (``auto``): inputs that need gradients → reference (it is differentiable); native kernel for the
+Choice per call (``auto``): inputs that need gradients → reference (it is differentiable; the deformable convolution
+then takes its ``grid_sample`` formulation, which has the fast backward); native kernel for the
 tensors' device when built; CUDA tensors without native CUDA kernels → Triton; otherwise the reference. An environment
 variable per operator (e.g. ``SSCHSR_DCN_BACKEND=cuda|triton|cpu|reference``) forces one; a forced backend that cannot
 run raises instead of silently falling back.

@@ -6,11 +6,20 @@ the image contributes zero; the sampled value is multiplied by the mask before t
 
 The reference gathers the four bilinear corners explicitly with integer indices (no coordinate normalisation round
 trip as ``grid_sample`` would do), one kernel tap at a time, so its memory is O(C·H·W) and not O(C·K·H·W).
+
+Training takes a second plain-PyTorch formulation, :func:`modulated_deform_conv2d_sampled`: all taps in one
+``grid_sample`` call and one matrix product. Its backward is ``grid_sample``'s fused kernel instead of the reference's
+per-corner ``gather`` → ``scatter_add`` chains and per-tap ``select`` backwards (which zero-fill the whole offset
+gradient 18 times per call); at the tiny model's full-resolution decoder level (4×16×128², 8 offset groups) forward +
+backward took 0.59 s instead of 3.2 s on one CPU thread. It equals the reference up to the normalisation round trip
+(relative 1e-6 in fp32, tests/test_deform_conv_autograd.py) and costs O(C·K·Ho·Wo) memory, which is why inference keeps
+the native kernels and the reference.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
@@ -108,6 +117,69 @@ def modulated_deform_conv2d_reference(
     return out.reshape(b, o, ho, wo)
 
 
+def modulated_deform_conv2d_sampled(
+    input: Tensor,
+    offset: Tensor,
+    mask: Tensor | None,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    offset_groups: int = 1,
+) -> Tensor:
+    """The reference's semantics through one ``grid_sample`` over all taps (the differentiable path, see module doc).
+
+    ``grid_sample(align_corners=True, padding_mode="zeros")`` zeroes each bilinear corner outside the image on its own,
+    exactly the reference's border rule. Images with a side of 1 pixel (where the normalisation divides by zero) and
+    dtypes other than fp32/fp64 go to the reference.
+    """
+    b, c, h, w = input.shape
+    if h < 2 or w < 2 or input.dtype not in (torch.float32, torch.float64):
+        return modulated_deform_conv2d_reference(input, offset, mask, weight, bias, stride, padding, dilation, groups,
+                                                 offset_groups)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    o, cg, kh, kw = weight.shape
+    k = kh * kw
+    g = offset_groups
+    if c % g or c % groups or o % groups or cg * groups != c:
+        raise InputValidationError(
+            f"deform conv: channels {c} must be divisible by offset_groups {g} and groups {groups}, "
+            f"and weight in-channels {cg} × groups must equal {c}"
+        )
+    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+    wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+    if offset.shape != (b, 2 * g * k, ho, wo):
+        raise InputValidationError(f"deform conv: offset shape {tuple(offset.shape)} != {(b, 2 * g * k, ho, wo)}")
+    if mask is not None and mask.shape != (b, g * k, ho, wo):
+        raise InputValidationError(f"deform conv: mask shape {tuple(mask.shape)} != {(b, g * k, ho, wo)}")
+
+    dt, dev = offset.dtype, offset.device
+    off = offset.reshape(b, g, k, 2, ho, wo)
+    tap_y = (torch.arange(kh, device=dev, dtype=dt) * dh).repeat_interleave(kw).view(1, 1, k, 1, 1)
+    tap_x = (torch.arange(kw, device=dev, dtype=dt) * dw).repeat(kh).view(1, 1, k, 1, 1)
+    rows = (torch.arange(ho, device=dev, dtype=dt) * sh - ph).view(1, 1, 1, ho, 1)
+    cols = (torch.arange(wo, device=dev, dtype=dt) * sw - pw).view(1, 1, 1, 1, wo)
+    # pixel -> [-1, 1] with align_corners=True: -1 is pixel 0, +1 is pixel size-1
+    gy = (rows + tap_y + off[:, :, :, 0]) * (2.0 / (h - 1)) - 1.0
+    gx = (cols + tap_x + off[:, :, :, 1]) * (2.0 / (w - 1)) - 1.0
+    grid = torch.stack((gx, gy), dim=-1).reshape(b * g, k * ho, wo, 2).to(input.dtype)
+    val = F.grid_sample(input.reshape(b * g, c // g, h, w), grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)  # (B·G, C/G, K·Ho, Wo)
+    val = val.reshape(b, g, c // g, k, ho * wo)
+    if mask is not None:
+        val = val * mask.reshape(b, g, 1, k, ho * wo).to(val.dtype)
+    # (B, groups, C/groups·K, P): channel-major, tap-minor, as weight.reshape(O, C/groups·K) is laid out
+    val = val.reshape(b, groups, cg * k, ho * wo)
+    out = torch.matmul(weight.reshape(groups, o // groups, cg * k), val).reshape(b, o, ho, wo)
+    if bias is not None:
+        out = out + bias.view(1, o, 1, 1)
+    return out
+
+
 SCHEMA = (
     "modulated_deform_conv2d(Tensor input, Tensor offset, Tensor? mask, Tensor weight, Tensor? bias, int[2] stride, "
     "int[2] padding, int[2] dilation, int groups, int offset_groups) -> Tensor"
@@ -139,7 +211,8 @@ def modulated_deform_conv2d(
     offset_groups: int = 1,
 ) -> Tensor:
     """Modulated deformable convolution as the model calls it: picks native / Triton / reference per call
-    (``SSCHSR_DCN_BACKEND`` overrides; see ``ops/_backend.py``)."""
+    (``SSCHSR_DCN_BACKEND`` overrides; see ``ops/_backend.py``). With gradients needed, the reference path is
+    :func:`modulated_deform_conv2d_sampled`."""
     input, offset, mask, weight, bias = autocast_float32(input, offset, mask, weight, bias)
     args = (input, offset, mask, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups, offset_groups)
     tensors = [t for t in (input, offset, mask, weight, bias) if t is not None]
@@ -151,4 +224,6 @@ def modulated_deform_conv2d(
         from ..kernels.triton.deform_conv import deform_conv2d_triton
 
         return deform_conv2d_triton(*args)
+    if needs_grad:
+        return modulated_deform_conv2d_sampled(*args)
     return modulated_deform_conv2d_reference(*args)
