@@ -43,7 +43,9 @@ stage 0 (``raft_steps=1500, steps=700``; 69 min on 2 shared cores) leans on the 
 0.28 dB instead of 0.05) but gains less over bicubic on 12 held-out scenes (+1.41 dB vs +1.69 dB for the shipped
 recipe; validation 26.56 vs 26.93 dB, bicubic 24.54), so the default stays ``raft_steps=0``.
 
-Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed).
+Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
+deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
+decoder level than the gather reference's).
 Validation runs on held-out (``test`` split) scenes. Checkpoints are resumable; the result is a safetensors file, a
 JSON card and a PNG of the curves, all written atomically.
 """
