@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dcn_cases import CASES as BASE_CASES
+from dcn_cases import make_case, rel_err
 
 from sschsr_deploy.ops.deform_conv import modulated_deform_conv2d_reference
 
@@ -19,33 +21,6 @@ if not hasattr(torch.ops.sschsr, "modulated_deform_conv2d"):
 
 op = torch.ops.sschsr.modulated_deform_conv2d
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def make_case(b, c, o, h, w, k, stride, pad, dil, groups, og, scale, seed, dtype=torch.float64, mask=True, bias=True):
-    kh, kw = _pair(k)
-    sh, sw = _pair(stride)
-    ph, pw = _pair(pad)
-    dh, dw = _pair(dil)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
-    wt = torch.randn(o, c // groups, kh, kw, generator=g, dtype=torch.float64)
-    off = scale * torch.randn(b, 2 * og * kh * kw, ho, wo, generator=g, dtype=torch.float64)
-    off[..., ::3, ::2] = torch.round(off[..., ::3, ::2])  # integer offsets: corners exactly on the grid and borders
-    m = torch.rand(b, og * kh * kw, ho, wo, generator=g, dtype=torch.float64) if mask else None
-    bs = torch.randn(o, generator=g, dtype=torch.float64) if bias else None
-    tensors = [t if t is None else t.to(dtype) for t in (x, off, m, wt, bs)]
-    return tensors, ((sh, sw), (ph, pw), (dh, dw), groups, og)
 
 
 def call(tensors, args):
@@ -60,13 +35,8 @@ def reference(tensors, args):
 
 
 CASES = [
+    *BASE_CASES,
     # b, c, o, h, w, kernel, stride, pad, dil, groups, offset_groups, offset_scale
-    (1, 16, 16, 9, 11, 3, 1, 1, 1, 1, 8, 2.0),  # decoder-like (3×3, 8 offset groups), odd size
-    (2, 8, 6, 7, 5, 3, 2, 1, 1, 2, 2, 3.0),  # batch, stride 2, conv groups
-    (3, 6, 4, 10, 13, 1, 1, 0, 1, 1, 3, 1.5),  # 1×1 kernel, 3 offset groups
-    (1, 4, 8, 12, 9, 5, 1, 2, 2, 1, 1, 4.0),  # 5×5, dilation 2
-    (2, 12, 12, 8, 8, 3, 1, 0, 1, 3, 4, 20.0),  # large offsets: most samples leave the image
-    (1, 6, 5, 6, 14, (3, 2), (1, 2), (1, 0), (2, 1), 1, 2, 1.0),  # non-square everything
     (1, 40, 24, 17, 13, 3, 1, 1, 1, 1, 8, 3.0),  # several pixel tiles + remainder, O not a multiple of 16
     (2, 300, 7, 5, 6, 3, 1, 1, 1, 1, 2, 1.0),  # reduction split into several chunks inside one tap
 ]

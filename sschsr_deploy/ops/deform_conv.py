@@ -57,6 +57,29 @@ def bilinear_gather_zero(img: Tensor, y: Tensor, x: Tensor) -> Tensor:
     return out
 
 
+def _output_size(
+    input: Tensor, offset: Tensor, mask: Tensor | None, weight: Tensor, stride: tuple[int, int],
+    padding: tuple[int, int], dilation: tuple[int, int], groups: int, offset_groups: int,
+) -> tuple[int, int]:
+    """(Ho, Wo), after checking that channels, groups, offsets and mask agree (clear errors, not shape crashes)."""
+    b, c, h, w = input.shape
+    o, cg, kh, kw = weight.shape
+    k = kh * kw
+    g = offset_groups
+    if c % g or c % groups or o % groups or cg * groups != c:
+        raise InputValidationError(
+            f"deform conv: channels {c} must be divisible by offset_groups {g} and groups {groups}, "
+            f"and weight in-channels {cg} × groups must equal {c}"
+        )
+    ho = (h + 2 * padding[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+    wo = (w + 2 * padding[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+    if offset.shape != (b, 2 * g * k, ho, wo):
+        raise InputValidationError(f"deform conv: offset shape {tuple(offset.shape)} != {(b, 2 * g * k, ho, wo)}")
+    if mask is not None and mask.shape != (b, g * k, ho, wo):
+        raise InputValidationError(f"deform conv: mask shape {tuple(mask.shape)} != {(b, g * k, ho, wo)}")
+    return ho, wo
+
+
 def modulated_deform_conv2d_reference(
     input: Tensor,
     offset: Tensor,
@@ -81,17 +104,7 @@ def modulated_deform_conv2d_reference(
     o, cg, kh, kw = weight.shape
     k = kh * kw
     g = offset_groups
-    if c % g or c % groups or o % groups or cg * groups != c:
-        raise InputValidationError(
-            f"deform conv: channels {c} must be divisible by offset_groups {g} and groups {groups}, "
-            f"and weight in-channels {cg} × groups must equal {c}"
-        )
-    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    if offset.shape != (b, 2 * g * k, ho, wo):
-        raise InputValidationError(f"deform conv: offset shape {tuple(offset.shape)} != {(b, 2 * g * k, ho, wo)}")
-    if mask is not None and mask.shape != (b, g * k, ho, wo):
-        raise InputValidationError(f"deform conv: mask shape {tuple(mask.shape)} != {(b, g * k, ho, wo)}")
+    ho, wo = _output_size(input, offset, mask, weight, (sh, sw), (ph, pw), (dh, dw), groups, g)
 
     off = offset.reshape(b, g, k, 2, ho * wo)
     msk = None if mask is None else mask.reshape(b, g, k, ho * wo)
@@ -145,17 +158,7 @@ def modulated_deform_conv2d_sampled(
     o, cg, kh, kw = weight.shape
     k = kh * kw
     g = offset_groups
-    if c % g or c % groups or o % groups or cg * groups != c:
-        raise InputValidationError(
-            f"deform conv: channels {c} must be divisible by offset_groups {g} and groups {groups}, "
-            f"and weight in-channels {cg} × groups must equal {c}"
-        )
-    ho = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    wo = (w + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    if offset.shape != (b, 2 * g * k, ho, wo):
-        raise InputValidationError(f"deform conv: offset shape {tuple(offset.shape)} != {(b, 2 * g * k, ho, wo)}")
-    if mask is not None and mask.shape != (b, g * k, ho, wo):
-        raise InputValidationError(f"deform conv: mask shape {tuple(mask.shape)} != {(b, g * k, ho, wo)}")
+    ho, wo = _output_size(input, offset, mask, weight, (sh, sw), (ph, pw), (dh, dw), groups, g)
 
     dt, dev = offset.dtype, offset.device
     off = offset.reshape(b, g, k, 2, ho, wo)
