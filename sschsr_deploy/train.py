@@ -74,7 +74,7 @@ from .preprocess import bicubic_upsample, prepare_inputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "make_sample", "train", "validate"]
+__all__ = ["TrainConfig", "make_sample", "misalignment_at", "train", "validate"]
 
 VALIDATION_SEED = 1_000_000  # validation scenes: test split, seeds from here (the quality table uses other seeds)
 
@@ -105,6 +105,8 @@ class TrainConfig:
     flow_weight: float = 0.0  # > 0: RAFT keeps training in stage 2 on L1 to the true flow; 0: it is frozen there
     warp_weight: float = 0.2  # SmoothL1 of the warp-refine output to the aligned photo (the official auxiliary loss)
     offset_weight: float = 0.0  # L1 (pixels) between the deformable offsets and the true flow, at every decoder level
+    misalignment_ramp: float = 0.0  # > 0: the photo's misalignment grows from 0 to the default over this fraction of
+    # stage 2 (a curriculum: the network first learns to use an aligned photo, then to align it); 0: default throughout
     grad_clip: float = 1.0
     seed: int = 0
     val_every: int = 50
@@ -181,6 +183,13 @@ def _cosine(step: int, steps: int, peak: float, floor: float, warmup: int) -> fl
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     """Stage-2 learning rate."""
     return _cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup)
+
+
+def misalignment_at(step: int, cfg: TrainConfig) -> float:
+    """Scale of the generator's default misalignment for the photos of stage-2 step ``step`` (the curriculum)."""
+    if cfg.misalignment_ramp <= 0:
+        return 1.0
+    return min(1.0, step / (cfg.misalignment_ramp * cfg.steps))
 
 
 def _optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params, clip: float) -> None:
@@ -402,8 +411,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     raft_eval = _raft_eval_in_stage2(cfg)
     model.flownet.train(not raft_eval)
     for step in range(start, cfg.steps):
-        batch = [make_sample(cfg.seed * 10_000_000 + step * cfg.batch + i, cfg.crop, cfg.scale)
-                 for i in range(cfg.batch)]
+        batch = [make_sample(cfg.seed * 10_000_000 + step * cfg.batch + i, cfg.crop, cfg.scale,
+                             misalignment=misalignment_at(step, cfg)) for i in range(cfg.batch)]
         inputs, target, flow_gt, ref_aligned = _collate(batch)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)

@@ -10,7 +10,7 @@ import torch
 
 from sschsr_deploy.checkpoint import load_safetensors
 from sschsr_deploy.runtime import load_model
-from sschsr_deploy.train import TrainConfig, _build, _lr_at, make_sample, train
+from sschsr_deploy.train import TrainConfig, _build, _lr_at, make_sample, misalignment_at, train
 
 
 def test_sample_is_on_the_runtime_scale():
@@ -90,6 +90,14 @@ def test_sample_misalignment_knob():
     assert float(full.flow.abs().max()) > 1.0
     torch.testing.assert_close(half.flow * 2, full.flow, atol=0.01, rtol=0)
     torch.testing.assert_close(half.target, full.target, rtol=0, atol=0)  # the cube does not depend on the photo
+
+
+def test_misalignment_curriculum():
+    assert [misalignment_at(i, TrainConfig(steps=100)) for i in (0, 50, 99)] == [1.0, 1.0, 1.0]  # off by default
+    cfg = TrainConfig(steps=100, misalignment_ramp=0.4)
+    scales = [misalignment_at(i, cfg) for i in range(100)]
+    assert scales[0] == 0.0 and scales[20] == pytest.approx(0.5) and scales[40:] == [1.0] * 60
+    assert all(a <= b for a, b in zip(scales, scales[1:], strict=False))
 
 
 def test_offset_alignment_loss_compares_each_level_to_the_scaled_flow():
