@@ -93,7 +93,8 @@ def test_sample_misalignment_knob():
 
 
 def test_misalignment_curriculum():
-    assert [misalignment_at(i, TrainConfig(steps=100)) for i in (0, 50, 99)] == [1.0, 1.0, 1.0]  # off by default
+    off = TrainConfig(steps=100, misalignment_ramp=0.0)
+    assert [misalignment_at(i, off) for i in (0, 50, 99)] == [1.0, 1.0, 1.0]
     cfg = TrainConfig(steps=100, misalignment_ramp=0.4)
     scales = [misalignment_at(i, cfg) for i in range(100)]
     assert scales[0] == 0.0 and scales[20] == pytest.approx(0.5) and scales[40:] == [1.0] * 60
