@@ -81,7 +81,9 @@ from torch import Tensor, nn
 from .data.flow_pairs import FlowPairPool
 from .data.synthetic import Misalignment, ground_truth_flow, make_scene
 from .io.atomic import atomic_path, atomic_write_json
+from .model.correspondence import index_to_flow
 from .model.warp import warp_reference_exact
+from .ops import patch_match
 from .preprocess import bicubic_upsample, prepare_inputs
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class TrainConfig:
     offset_weight: float = 0.0  # L1 (pixels) between the deformable offsets and the true flow, at every decoder level
     misalignment_ramp: float = 0.5  # > 0: the photo's misalignment grows from 0 to the default over this fraction of
     # stage 2 (a curriculum: the network first learns to use an aligned photo, then to align it); 0: default throughout
+    camera_jitter: float = 0.0  # photos of stages 1-2 through random cameras near the measured ones (make_scene)
     grad_clip: float = 1.0
     seed: int = 0
     val_every: int = 50
@@ -138,15 +141,17 @@ class Sample:
     ref_aligned: Tensor
 
 
-def make_sample(seed: int, size: int, scale: int, split: str = "train", misalignment: float = 1.0) -> Sample:
+def make_sample(seed: int, size: int, scale: int, split: str = "train", misalignment: float = 1.0,
+                camera_jitter: float = 0.0) -> Sample:
     """A generated scene as the runtime would feed it, with the target on the LR cube's min-max scale.
 
-    ``misalignment`` scales every bound of the generator's default :class:`Misalignment` (0 = an aligned photo).
+    ``misalignment`` scales every bound of the generator's default :class:`Misalignment` (0 = an aligned photo);
+    ``camera_jitter`` renders the photo through a random camera near the drawn one (see ``make_scene``).
     """
     rng = np.random.default_rng(seed)
     bounds = Misalignment(**{k: v * misalignment for k, v in asdict(Misalignment()).items()})
     scene = make_scene(seed=seed, size=(size, size), scale=scale, split=split, materials=int(rng.integers(4, 9)),
-                       misalignment=bounds)
+                       misalignment=bounds, camera_jitter=camera_jitter)
     inputs = prepare_inputs(scene.lr_hsi, scene.ref_rgb, scale)
     lo, hi = float(scene.lr_hsi.min()), float(scene.lr_hsi.max())
     target = (scene.hr_hsi.astype(np.float64) - lo) / (hi - lo)
@@ -253,6 +258,30 @@ def flow_error(raft: nn.Module, samples: list[Sample]) -> dict[str, float]:
     return {"epe_raft": float(np.mean(epe)), "epe_zero_flow": float(np.mean(zero))}
 
 
+@torch.no_grad()
+def matching_accuracy(model: nn.Module, samples: list[Sample]) -> dict[str, float]:
+    """How well the contrastive extractors' arg-max patch matching finds the photo's true displacement.
+
+    At the extractors' 1/4 resolution, per patch: the share whose matched flow is within one cell (4 HR pixels) of the
+    true flow at the patch centre, and the mean error in cells; the same for zero flow (no matching) as the baseline.
+    The photo goes in unwarped, as in stage 1.
+    """
+    within, err, zero_within, zero_err = [], [], [], []
+    for s in samples:
+        d1, d2 = model.rgb_extractor(s.inputs[1], s.inputs[2])
+        h, w = d1.shape[-2:]
+        index, _ = patch_match(d1, d2, 3)
+        found = index_to_flow(index, h, w)[:, :-2, :-2]  # top-left anchored: the patch's centre is one cell further
+        true = (F.avg_pool2d(s.flow, 4) / 4.0)[:, :, 1:-1, 1:-1].permute(0, 2, 3, 1)
+        e, z = (found - true).norm(dim=-1), true.norm(dim=-1)
+        within.append(float((e < 1).float().mean()))
+        err.append(float(e.mean()))
+        zero_within.append(float((z < 1).float().mean()))
+        zero_err.append(float(z.mean()))
+    return {"match_within_1_cell": float(np.mean(within)), "match_mean_error_cells": float(np.mean(err)),
+            "zero_flow_within_1_cell": float(np.mean(zero_within)), "zero_flow_mean_error_cells": float(np.mean(zero_err))}
+
+
 def _pretrain_flow(model: nn.Module, cfg: TrainConfig, val: list[Sample]) -> dict[str, list]:
     """Stage 0: RAFT alone on :class:`FlowPairPool` pairs (RAFT's sequence loss: every iteration's 1/8-resolution
     flow weighted 0.8^(n-1-i), plus the upsampled flow), cosine schedule from ``raft_lr``. Curriculum: the share of
@@ -313,7 +342,8 @@ def _train_matching(model: nn.Module, cfg: TrainConfig) -> dict[str, list]:
     opt = torch.optim.Adam(params, lr=cfg.match_lr)
     steps, losses = [], []
     for step in range(cfg.match_steps):
-        batch = [make_sample(cfg.seed * 10_000_000 + 5_000_000 + step * cfg.match_batch + i, cfg.crop, cfg.scale)
+        batch = [make_sample(cfg.seed * 10_000_000 + 5_000_000 + step * cfg.match_batch + i, cfg.crop, cfg.scale,
+                             camera_jitter=cfg.camera_jitter)
                  for i in range(cfg.match_batch)]
         inputs, _, flow_gt, _ = _collate(batch)
         for g in opt.param_groups:
@@ -412,6 +442,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         if _run_or_load_stage(out / "match_checkpoint.pt", model.rgb_extractor, "rgb_extractor", same_config, history,
                               lambda: _train_matching(model, cfg)):
             stage_seconds["matching"] = round(time.perf_counter() - t0, 1)
+            log.info("matching on the validation scenes: %s", matching_accuracy(model, val))
         t0 = time.perf_counter()
     if _raft_frozen(cfg):
         model.flownet.requires_grad_(False)
@@ -424,7 +455,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     model.flownet.train(not raft_eval)
     for step in range(start, cfg.steps):
         batch = [make_sample(cfg.seed * 10_000_000 + step * cfg.batch + i, cfg.crop, cfg.scale,
-                             misalignment=misalignment_at(step, cfg)) for i in range(cfg.batch)]
+                             misalignment=misalignment_at(step, cfg), camera_jitter=cfg.camera_jitter)
+                 for i in range(cfg.batch)]
         inputs, target, flow_gt, ref_aligned = _collate(batch)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
@@ -476,6 +508,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
                        "psnr_model": history["val_psnr_model"][-1] if history["val_psnr_model"] else None,
                        "psnr_bicubic": history["val_psnr_bicubic"][-1] if history["val_psnr_bicubic"] else None},
         "flow": flow_error(model.flownet, val),
+        "matching": matching_accuracy(model, val),
         "train_seconds_this_run": round(time.perf_counter() - t_start, 1),
         "stage_seconds_this_run": {**stage_seconds, "network": round(time.perf_counter() - t0, 1)},
         "torch": torch.__version__,

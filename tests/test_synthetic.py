@@ -8,7 +8,7 @@ import torch
 
 from sschsr_deploy.data import make_scene, render_rgb, spectral_response, wavelengths
 from sschsr_deploy.data.spectra import CAMERAS, ILLUMINANTS, spectral_library
-from sschsr_deploy.data.synthetic import Misalignment, ground_truth_flow
+from sschsr_deploy.data.synthetic import Misalignment, ground_truth_flow, jitter_response
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.model.warp import warp_reference_exact
 from sschsr_deploy.preprocess import blur, decimate
@@ -166,8 +166,37 @@ def test_band_count_and_structure():
 @pytest.mark.parametrize("kwargs", [
     {"size": (102, 128)}, {"scale": 0}, {"bands": 2}, {"size": (4, 4)}, {"camera": "Leica"},
     {"split": "test", "camera": "Nikon D5100"}, {"materials": 500}, {"split": "validation"},
-    {"misalignment": Misalignment(max_translation=-1.0)},
+    {"misalignment": Misalignment(max_translation=-1.0)}, {"camera_jitter": -0.1}, {"camera_jitter": 1.5},
 ])
 def test_invalid_arguments(kwargs):
     with pytest.raises(InputValidationError):
         make_scene(**{"size": (96, 128), "scale": 4, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------------ camera jitter
+
+
+def test_camera_jitter_changes_only_the_photo_s_camera():
+    base = make_scene(seed=5, size=(64, 64), split="train", camera="Nikon D5100")
+    jit = make_scene(seed=5, size=(64, 64), split="train", camera="Nikon D5100", camera_jitter=1.0)
+    np.testing.assert_array_equal(base.hr_hsi, jit.hr_hsi)
+    np.testing.assert_array_equal(base.lr_hsi, jit.lr_hsi)
+    np.testing.assert_array_equal(base.displacement, jit.displacement)
+    assert not np.allclose(base.srf, jit.srf, atol=1e-3)
+    assert np.abs(base.ref_rgb.astype(int) - jit.ref_rgb).mean() > 1.0  # the photo's colours differ
+    again = make_scene(seed=5, size=(64, 64), split="train", camera="Nikon D5100", camera_jitter=1.0)
+    np.testing.assert_array_equal(jit.ref_rgb, again.ref_rgb)  # deterministic
+    np.testing.assert_allclose(jit.srf.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_jitter_response_bounds():
+    sens = spectral_library(WL, "train").cameras["Canon EOS 5D Mark II"]
+    np.testing.assert_allclose(jitter_response(sens, WL, np.random.default_rng(0), 0.0), sens / sens.max())
+    overlaps = []
+    for seed in range(20):
+        out = jitter_response(sens, WL, np.random.default_rng(seed), 1.0)
+        assert out.shape == sens.shape and out.min() >= 0 and out.max() == pytest.approx(1.0)
+        n = out / np.linalg.norm(out, axis=1, keepdims=True)
+        overlaps.append((n @ n.T)[0, 1])
+    n = sens / np.linalg.norm(sens, axis=1, keepdims=True)
+    assert max(overlaps) > (n @ n.T)[0, 1] + 0.1  # crosstalk: curves overlap more than the measured camera's

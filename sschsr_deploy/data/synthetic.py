@@ -34,8 +34,8 @@ from sschsr_deploy.preprocess import blur, decimate
 from .spectra import Split, spectral_library
 
 __all__ = [
-    "Misalignment", "SyntheticScene", "ground_truth_flow", "make_scene", "render_rgb", "spectral_response",
-    "wavelengths",
+    "Misalignment", "SyntheticScene", "ground_truth_flow", "jitter_response", "make_scene", "render_rgb",
+    "spectral_response", "wavelengths",
 ]
 
 
@@ -130,6 +130,23 @@ def spectral_response(wl: np.ndarray, camera: str = "Nikon D5100") -> np.ndarray
 def render_rgb(cube_hwc: np.ndarray, srf: np.ndarray) -> np.ndarray:
     """Linear RGB (float, H x W x 3) of a cube through a 3 x bands response."""
     return np.einsum("hwc,rc->hwr", cube_hwc, srf)
+
+
+CAMERA_JITTER_SHIFT_NM = 30.0  # largest shift of a channel's response at camera_jitter=1
+CAMERA_JITTER_CROSSTALK = 0.6  # largest share of another channel's response mixed in at camera_jitter=1
+
+
+def jitter_response(sens: np.ndarray, wl: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+    """A random camera near ``sens`` (3 x bands): each channel's curve shifted by up to ``amount`` x 30 nm, then
+    channels mixed with up to ``amount`` x 0.6 of the others (crosstalk). The measured training cameras are all Bayer
+    sensors with well separated curves; this spans responses as different as a layered (Foveon) sensor's broad,
+    overlapping ones, so that what learns from the photo does not learn one camera's colours. Scaled to a maximum of 1.
+    """
+    shifted = np.stack([np.interp(wl - rng.uniform(-1, 1) * amount * CAMERA_JITTER_SHIFT_NM, wl, s, left=0.0, right=0.0)
+                        for s in sens])
+    mix = np.eye(3) + amount * CAMERA_JITTER_CROSSTALK * rng.uniform(0.0, 1.0, (3, 3)) * (1.0 - np.eye(3))
+    out = np.clip(mix @ shifted, 0.0, None)
+    return out / out.max()
 
 
 def ground_truth_flow(scene: SyntheticScene) -> np.ndarray:
@@ -273,6 +290,7 @@ def make_scene(
     hsi_noise: float | None = None,
     rgb_noise: bool = True,
     rgb_blur: float | None = None,
+    camera_jitter: float = 0.0,
 ) -> SyntheticScene:
     """Generate a scene of HR ``size`` (H, W), both multiples of ``scale``.
 
@@ -289,10 +307,14 @@ def make_scene(
             exactly the official degradation).
         rgb_noise: add shot and read noise to the photo.
         rgb_blur: Gaussian sigma (pixels) of the photo's optics (random in [0.3, 0.8] when omitted).
+        camera_jitter: in [0, 1]; > 0 renders the photo through a random camera near the drawn one
+            (:func:`jitter_response`, drawn from its own stream: the scene is otherwise the same as without it).
     """
     h, w = (int(s) for s in size)
     m = misalignment if misalignment is not None else Misalignment()
     _check_args(h, w, scale, bands, materials, m)
+    if not 0.0 <= camera_jitter <= 1.0:
+        raise InputValidationError(f"camera_jitter must be in [0, 1], got {camera_jitter}")
     rng = np.random.default_rng(seed)
     wl = wavelengths(bands)
     lib = spectral_library(wl, split)
@@ -317,6 +339,8 @@ def make_scene(
 
     # the photo: camera response, white balance for the dominant illuminant, viewpoint, optics, noise, gamma, 8 bit
     sens = lib.cameras[camera]
+    if camera_jitter > 0:
+        sens = jitter_response(sens, wl, np.random.default_rng((seed, 0xCA3)), camera_jitter)
     white = sens @ lib.illuminants[names[i1]]
     linear = render_rgb(hr, sens) / white
     homography = _homography_displacement(rng, h, w, m)
