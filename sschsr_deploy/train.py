@@ -279,7 +279,8 @@ def matching_accuracy(model: nn.Module, samples: list[Sample]) -> dict[str, floa
         zero_within.append(float((z < 1).float().mean()))
         zero_err.append(float(z.mean()))
     return {"match_within_1_cell": float(np.mean(within)), "match_mean_error_cells": float(np.mean(err)),
-            "zero_flow_within_1_cell": float(np.mean(zero_within)), "zero_flow_mean_error_cells": float(np.mean(zero_err))}
+            "zero_flow_within_1_cell": float(np.mean(zero_within)),
+            "zero_flow_mean_error_cells": float(np.mean(zero_err))}
 
 
 def _pretrain_flow(model: nn.Module, cfg: TrainConfig, val: list[Sample]) -> dict[str, list]:

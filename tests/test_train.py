@@ -11,7 +11,13 @@ import torch
 from sschsr_deploy.checkpoint import load_safetensors
 from sschsr_deploy.runtime import load_model
 from sschsr_deploy.train import (
-    TrainConfig, _build, _lr_at, make_sample, matching_accuracy, misalignment_at, train,
+    TrainConfig,
+    _build,
+    _lr_at,
+    make_sample,
+    matching_accuracy,
+    misalignment_at,
+    train,
 )
 
 
