@@ -60,16 +60,16 @@ the held-out one (Sigma SD Merrill, a layered sensor) has broad, overlapping one
 alone, the contrastive patch matching finds the true displacement (within one cell at its 1/4 resolution, i.e. 4 HR
 pixels) for 0.90 of the patches of training-split scenes but only 0.50 of held-out ones, fewer than zero flow (0.68),
 with gross outliers (mean error 5.7 cells; 8 scenes, 1500 stage-1 steps; 0.44 after the 300 steps then used): it had
-learned the training cameras' colours. With every training photo rendered through a random camera near a measured
-one (:func:`sschsr_deploy.data.synthetic.jitter_response`: curves shifted by up to 30 nm, up to 0.6 crosstalk) the
-held-out share is 0.68 after 250 steps, 0.78 after 500 and 0.79 after 750 (one 750-step run; mean error 1.55
-cells); the shipped run's 600 steps give 0.81 on its three validation scenes (zero flow 0.61; ``matching`` in the card). The network
-trained on top (1150 steps, 57.5 min in all; the shipped x4 weights; after 600 steps +1.36 / +1.83 / +1.31 on the 4
-scenes above, where the curriculum run had +1.24 / +1.45 / +1.12) gains +1.93 dB over bicubic on the 12 held-out
+learned the training cameras' colours. With every training photo rendered through a random camera near a measured one
+(:func:`sschsr_deploy.data.synthetic.jitter_response`: curves shifted by up to 30 nm, up to 0.6 crosstalk) the
+held-out share is 0.68 after 250 steps, 0.78 after 500 and 0.79 after 750 (one 750-step run; mean error 1.55 cells);
+the shipped run's 600 steps give 0.81 on its three validation scenes (zero flow 0.61; ``matching`` in the card). The
+network trained on top (1150 steps, 57.5 min in all; the shipped x4 weights; after 600 steps +1.36 / +1.83 / +1.31 on
+the 4 scenes above, where the curriculum run had +1.24 / +1.45 / +1.12) gains +1.93 dB over bicubic on the 12 held-out
 scenes (was +1.81) and validates at 26.92 dB (was 26.79); on the quality table's 384² scenes +2.46 dB (was +1.80). On
 the 12 scenes the photo hardly moves the result (another scene's photo gives +1.92, the photo without misalignment
-+2.09); on the 384² scenes a mismatched photo costs 0.19 dB. Better pre-offsets alone do not teach the decoder to
-take the photo's detail across a few pixels of misalignment in this budget.
++2.09); on the 384² scenes a mismatched photo costs 0.19 dB. Better pre-offsets alone do not teach the decoder to take
+the photo's detail across a few pixels of misalignment in this budget.
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
