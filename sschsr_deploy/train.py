@@ -459,8 +459,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         if _run_or_load_stage(out / "match_checkpoint.pt", model.rgb_extractor, "rgb_extractor", same_config, history,
                               lambda: _train_matching(model, cfg)):
             stage_seconds["matching"] = round(time.perf_counter() - t0, 1)
-            log.info("matching on the validation scenes: %s", matching_accuracy(model, val))
         t0 = time.perf_counter()
+    matching = matching_accuracy(model, val)  # the extractors are final here: stage 2 keeps them frozen
+    log.info("matching on the validation scenes: %s", matching)
     if _raft_frozen(cfg):
         model.flownet.requires_grad_(False)
     for p in model.rgb_extractor.parameters():
@@ -525,7 +526,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
                        "psnr_model": history["val_psnr_model"][-1] if history["val_psnr_model"] else None,
                        "psnr_bicubic": history["val_psnr_bicubic"][-1] if history["val_psnr_bicubic"] else None},
         "flow": flow_error(model.flownet, val),
-        "matching": matching_accuracy(model, val),
+        "matching": matching,
         "train_seconds_this_run": round(time.perf_counter() - t_start, 1),
         "stage_seconds_this_run": {**stage_seconds, "network": round(time.perf_counter() - t0, 1)},
         "torch": torch.__version__,
