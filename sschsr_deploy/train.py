@@ -415,10 +415,8 @@ def offset_alignment_loss(model: nn.Module, trace: dict[str, Tensor], flow: Tens
     losses = []
     for tag, stride, dcn in (("3", 4, dec.up_small_dyn_agg), ("2", 2, dec.up_medium_dyn_agg),
                              ("1", 1, dec.up_large_dyn_agg)):
-        pre = trace[f"match.offset_relu{tag}"]
-        b, taps, h, w, _ = pre.shape
-        offset, _ = dcn.offsets_and_mask(trace[f"decoder.O{tag}"], pre, trace[f"match.sim_relu{tag}"])
-        offset = offset.reshape(b, dcn.offset_groups, taps, 2, h, w)  # (dy, dx) per group and tap
+        b, taps, h, w, _ = trace[f"match.offset_relu{tag}"].shape
+        offset = trace[f"decoder.offset{tag}"].reshape(b, dcn.offset_groups, taps, 2, h, w)  # (dy, dx) per tap
         target = (F.avg_pool2d(flow, stride) / stride).flip(1).reshape(b, 1, 1, 2, h, w)  # (x, y) -> (y, x)
         losses.append(F.l1_loss(offset, target.expand_as(offset)))
     return torch.stack(losses).mean()

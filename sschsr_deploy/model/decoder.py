@@ -44,7 +44,10 @@ class DeformableAggregation(nn.Module):
 
     def offsets_and_mask(self, offset_feat: Tensor, pre_offset: Tensor, similarity: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (offset (B, 2·G·9, h, w) in (dy, dx) pairs, mask (B, G·9, h, w)) and keeps them differentiable."""
-        t = self.conv_offset_mask(offset_feat)
+        return self.offsets_from_logits(self.conv_offset_mask(offset_feat), pre_offset, similarity)
+
+    def offsets_from_logits(self, t: Tensor, pre_offset: Tensor, similarity: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`offsets_and_mask` from the predictor's output ``t`` (a trace keeps ``t`` without recomputing it)."""
         n = self.offset_groups * self.kernel_size**2
         residual = RESIDUAL_OFFSET_BOUND * torch.tanh(t[:, : 2 * n])
         b, taps, h, w, _ = pre_offset.shape
@@ -54,7 +57,10 @@ class DeformableAggregation(nn.Module):
         return base + residual, mask
 
     def forward(self, feat: Tensor, offset_feat: Tensor, pre_offset: Tensor, similarity: Tensor) -> Tensor:
-        offset, mask = self.offsets_and_mask(offset_feat, pre_offset, similarity)
+        return self.aggregate(feat, *self.offsets_and_mask(offset_feat, pre_offset, similarity))
+
+    def aggregate(self, feat: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
+        """The deformable convolution itself, at given offsets and mask."""
         pad = self.kernel_size // 2
         return modulated_deform_conv2d(
             feat, offset, mask, self.weight, self.bias, 1, pad, 1, 1, self.offset_groups
@@ -102,11 +108,13 @@ class HSIDecoder(nn.Module):
     ) -> Tensor:
         warped = flow_warp_features(ref, corr.flows[level])
         o = self.lrelu(conv2(self.lrelu(conv1(torch.cat([state, warped, ref], dim=1)))))
-        a = self.lrelu(dcn(ref, o, corr.offsets[level], corr.similarity[level]))
-        if trace is not None:
-            trace[f"decoder.O{tag}"] = o
-            trace[f"decoder.T{tag}"] = dcn.conv_offset_mask(o)
-            trace[f"decoder.A{tag}"] = a
+        if trace is None:
+            return self.lrelu(dcn(ref, o, corr.offsets[level], corr.similarity[level]))
+        t = dcn.conv_offset_mask(o)
+        offset, mask = dcn.offsets_from_logits(t, corr.offsets[level], corr.similarity[level])
+        a = self.lrelu(dcn.aggregate(ref, offset, mask))
+        # the offsets the convolution used (differentiable: the training's offset loss reads them from here)
+        trace.update({f"decoder.O{tag}": o, f"decoder.T{tag}": t, f"decoder.offset{tag}": offset, f"decoder.A{tag}": a})
         return a
 
     def forward(self, enc: list[Tensor], corr: Correspondence, trace: dict | None = None) -> Tensor:
