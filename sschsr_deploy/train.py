@@ -69,7 +69,11 @@ the 4 scenes above, where the curriculum run had +1.24 / +1.45 / +1.12) gains +1
 scenes (was +1.81) and validates at 26.92 dB (was 26.79); on the quality table's 384² scenes +2.46 dB (was +1.80). On
 the 12 scenes the photo hardly moves the result (another scene's photo gives +1.92, the photo without misalignment
 +2.09); on the 384² scenes a mismatched photo costs 0.19 dB. Better pre-offsets alone do not teach the decoder to take
-the photo's detail across a few pixels of misalignment in this budget.
+the photo's detail across a few pixels of misalignment in this budget. Supervising the deformable offsets with the
+true flow on top of the same stage 1 (``offset_weight=0.05``, 20% slower per step) does not either: at step 600 the
+4 scenes give +1.36 / +1.68 / +1.11 dB (the shipped run's checkpoint: +1.36 / +1.83 / +1.31), i.e. a mismatched photo
+costs more but the aligned one gains less, and it validates below the shipped run at every check from step 400 to
+600 (26.21 vs 26.38 dB at 600), so it stays off.
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
