@@ -75,6 +75,16 @@ true flow on top of the same stage 1 (``offset_weight=0.05``, 20% slower per ste
 costs more but the aligned one gains less, and it validates below the shipped run at every check from step 400 to
 600 (26.21 vs 26.38 dB at 600), so it stays off.
 
+Batch 2 x 2300 steps (the same 4600 stage-2 samples in the same time, 0.73 steps/s, twice the updates; stage 1
+reused, 58.7 min in all) validates above the shipped batch-4 run at equal samples (+0.03 to +0.47 dB until the
+misalignment reaches the default, 27.17 vs 26.92 dB at the end) and gains more on the 12 held-out scenes (+2.11 /
++2.18 / +2.09 vs +1.93 / +2.09 / +1.92; 128² scenes +1.98 vs +1.74, 256² +2.37 vs +2.33), but less on the quality
+table's 384² scenes: +2.05 dB whole image (+1.04 / +1.76 / +3.35 per scene vs +1.29 / +1.99 / +4.10), +2.17 tiled at
+the 256-px default, vs +2.46 (``benchmarks/results/quality_candidate_batch2.json``). Its advantage shrinks with the
+image size and reverses at 384², which the 128² validation crops cannot show, so it was not shipped; a size-dependent
+part of the network (the spectral attention's statistics over the whole window, the patch matching's search area)
+is the suspect, unmeasured. Rank candidates on 384² scenes (``benchmarks/quality.py --weights``).
+
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
 decoder level than the gather reference's).

@@ -31,6 +31,15 @@ def test_card_describes_the_file(preset, scale):
     assert shipped_weights(preset, scale).with_name(f"{SHIPPED[preset, scale]}.curves.png").stat().st_size > 0
 
 
+def test_x4_card_is_the_default_recipe():
+    # the README's command (`python -m sschsr_deploy.train --out DIR`, all defaults) is what made the x4 weights
+    from dataclasses import asdict
+
+    from sschsr_deploy.train import TrainConfig
+
+    assert shipped_card("tiny", 4)["config"] == asdict(TrainConfig())
+
+
 def test_no_weights_for_other_presets_or_scales():
     for args in (("official", 4), ("tiny", 3)):
         with pytest.raises(InputValidationError, match="no shipped weights"):
