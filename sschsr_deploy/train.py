@@ -81,9 +81,13 @@ misalignment reaches the default, 27.17 vs 26.92 dB at the end) and gains more o
 +2.18 / +2.09 vs +1.93 / +2.09 / +1.92; 128² scenes +1.98 vs +1.74, 256² +2.37 vs +2.33), but less on the quality
 table's 384² scenes: +2.05 dB whole image (+1.04 / +1.76 / +3.35 per scene vs +1.29 / +1.99 / +4.10), +2.17 tiled at
 the 256-px default, vs +2.46 (``benchmarks/results/quality_candidate_batch2.json``). Its advantage shrinks with the
-image size and reverses at 384², which the 128² validation crops cannot show, so it was not shipped; a size-dependent
-part of the network (the spectral attention's statistics over the whole window, the patch matching's search area)
-is the suspect, unmeasured. Rank candidates on 384² scenes (``benchmarks/quality.py --weights``).
+image size and reverses at 384², which the 128² validation crops cannot show, so it was not shipped. The deficit is
+in the cube path (a mismatched photo: 29.16 vs 29.50 dB), and the likely cause is the data, not the network: the
+generator's layout scales with the scene (smooth material fields of sigma size/10, shapes of size/16 to size/3) while
+stripes, checkerboards and per-pixel detail do not, and every training sample is a whole 128² scene, so a 384²
+scene has 3x coarser structure than anything trained on; the longer-trained model fits the 128² statistics more
+closely (unmeasured: training on 128² crops of larger scenes would test it). Rank candidates on 384² scenes
+(``benchmarks/quality.py --weights``).
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
