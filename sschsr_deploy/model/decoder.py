@@ -42,12 +42,9 @@ class DeformableAggregation(nn.Module):
         nn.init.zeros_(self.conv_offset_mask.weight)
         nn.init.zeros_(self.conv_offset_mask.bias)
 
-    def offsets_and_mask(self, offset_feat: Tensor, pre_offset: Tensor, similarity: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (offset (B, 2·G·9, h, w) in (dy, dx) pairs, mask (B, G·9, h, w)) and keeps them differentiable."""
-        return self.offsets_from_logits(self.conv_offset_mask(offset_feat), pre_offset, similarity)
-
     def offsets_from_logits(self, t: Tensor, pre_offset: Tensor, similarity: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`offsets_and_mask` from the predictor's output ``t`` (a trace keeps ``t`` without recomputing it)."""
+        """(offset (B, 2·G·9, h, w) in (dy, dx) pairs, mask (B, G·9, h, w)) from the predictor's output ``t``;
+        differentiable."""
         n = self.offset_groups * self.kernel_size**2
         residual = RESIDUAL_OFFSET_BOUND * torch.tanh(t[:, : 2 * n])
         b, taps, h, w, _ = pre_offset.shape
@@ -56,11 +53,16 @@ class DeformableAggregation(nn.Module):
         mask = torch.sigmoid(t[:, 2 * n :] * similarity)
         return base + residual, mask
 
-    def forward(self, feat: Tensor, offset_feat: Tensor, pre_offset: Tensor, similarity: Tensor) -> Tensor:
-        return self.aggregate(feat, *self.offsets_and_mask(offset_feat, pre_offset, similarity))
-
-    def aggregate(self, feat: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
-        """The deformable convolution itself, at given offsets and mask."""
+    def forward(self, feat: Tensor, offset_feat: Tensor, pre_offset: Tensor, similarity: Tensor,
+                trace: dict | None = None, tag: str = "") -> Tensor:
+        """``trace`` (keyword, so the fp16 export's argument-casting hooks leave it alone) receives the predictor's
+        output ``decoder.T<tag>`` and the offsets the convolution used ``decoder.offset<tag>`` (the training's offset
+        loss reads them there)."""
+        t = self.conv_offset_mask(offset_feat)
+        offset, mask = self.offsets_from_logits(t, pre_offset, similarity)
+        if trace is not None:
+            trace[f"decoder.T{tag}"] = t
+            trace[f"decoder.offset{tag}"] = offset
         pad = self.kernel_size // 2
         return modulated_deform_conv2d(
             feat, offset, mask, self.weight, self.bias, 1, pad, 1, 1, self.offset_groups
@@ -108,13 +110,10 @@ class HSIDecoder(nn.Module):
     ) -> Tensor:
         warped = flow_warp_features(ref, corr.flows[level])
         o = self.lrelu(conv2(self.lrelu(conv1(torch.cat([state, warped, ref], dim=1)))))
-        if trace is None:
-            return self.lrelu(dcn(ref, o, corr.offsets[level], corr.similarity[level]))
-        t = dcn.conv_offset_mask(o)
-        offset, mask = dcn.offsets_from_logits(t, corr.offsets[level], corr.similarity[level])
-        a = self.lrelu(dcn.aggregate(ref, offset, mask))
-        # the offsets the convolution used (differentiable: the training's offset loss reads them from here)
-        trace.update({f"decoder.O{tag}": o, f"decoder.T{tag}": t, f"decoder.offset{tag}": offset, f"decoder.A{tag}": a})
+        a = self.lrelu(dcn(ref, o, corr.offsets[level], corr.similarity[level], trace=trace, tag=tag))
+        if trace is not None:
+            trace[f"decoder.O{tag}"] = o
+            trace[f"decoder.A{tag}"] = a
         return a
 
     def forward(self, enc: list[Tensor], corr: Correspondence, trace: dict | None = None) -> Tensor:
