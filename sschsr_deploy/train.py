@@ -113,7 +113,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data.flow_pairs import FlowPairPool
-from .data.synthetic import Misalignment, ground_truth_flow, make_scene
+from .data.synthetic import Misalignment, SyntheticScene, ground_truth_flow, make_scene
 from .io.atomic import atomic_path, atomic_write_json
 from .model.correspondence import index_to_flow
 from .model.warp import warp_reference_exact
@@ -122,7 +122,8 @@ from .preprocess import bicubic_upsample, prepare_inputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "make_sample", "misalignment_at", "train", "validate"]
+__all__ = ["StageTwoSamples", "TrainConfig", "make_sample", "misalignment_at", "sample_from_scene", "train",
+           "validate"]
 
 VALIDATION_SEED = 1_000_000  # validation scenes: test split, seeds from here (the quality table uses other seeds)
 
@@ -147,6 +148,8 @@ class TrainConfig:
     steps: int = 1150  # stage 2: the whole network
     batch: int = 4
     crop: int = 128
+    scene_sizes: str = "128"  # stage 2: sizes of the scenes each batch slot cycles through, cut into crop² tiles
+    # (comma-separated; a size S gives (S/crop)² samples, one per step; see StageTwoSamples)
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup: int = 20
@@ -182,19 +185,98 @@ def make_sample(seed: int, size: int, scale: int, split: str = "train", misalign
     ``misalignment`` scales every bound of the generator's default :class:`Misalignment` (0 = an aligned photo);
     ``camera_jitter`` renders the photo through a random camera near the drawn one (see ``make_scene``).
     """
+    return sample_from_scene(_scene_for(seed, size, scale, split, misalignment, camera_jitter))
+
+
+def _scene_for(seed: int, size: int, scale: int, split: str = "train", misalignment: float = 1.0,
+               camera_jitter: float = 0.0) -> SyntheticScene:
     rng = np.random.default_rng(seed)
     bounds = Misalignment(**{k: v * misalignment for k, v in asdict(Misalignment()).items()})
-    scene = make_scene(seed=seed, size=(size, size), scale=scale, split=split, materials=int(rng.integers(4, 9)),
-                       misalignment=bounds, camera_jitter=camera_jitter)
-    inputs = prepare_inputs(scene.lr_hsi, scene.ref_rgb, scale)
-    lo, hi = float(scene.lr_hsi.min()), float(scene.lr_hsi.max())
-    target = (scene.hr_hsi.astype(np.float64) - lo) / (hi - lo)
-    bic = bicubic_upsample((scene.lr_hsi.astype(np.float64) - lo) / (hi - lo), scale)
+    return make_scene(seed=seed, size=(size, size), scale=scale, split=split, materials=int(rng.integers(4, 9)),
+                      misalignment=bounds, camera_jitter=camera_jitter)
+
+
+def sample_from_scene(scene: SyntheticScene, window: tuple[int, int, int] | None = None) -> Sample:
+    """The sample of a ``window`` = (top, left, size) of a scene in HR pixels (multiples of the scale; whole scene when
+    omitted), prepared as if the window were the user's whole image: its own inputs and its own min-max scale. The
+    photo is cut at the same place, so near the window's edges the displaced content it shows lies partly outside."""
+    scale = scene.scale
+    top, left, size = window if window is not None else (0, 0, scene.hr_hsi.shape[0])
+    if top % scale or left % scale or size % scale:
+        raise ValueError(f"window {window} must be on the LR grid (multiples of {scale})")
+    hr_win = (slice(top, top + size), slice(left, left + size))
+    lr_win = (slice(top // scale, (top + size) // scale), slice(left // scale, (left + size) // scale))
+    lr_hsi, hr_hsi = scene.lr_hsi[lr_win], scene.hr_hsi[hr_win]
+    inputs = prepare_inputs(np.ascontiguousarray(lr_hsi), np.ascontiguousarray(scene.ref_rgb[hr_win]), scale)
+    lo, hi = float(lr_hsi.min()), float(lr_hsi.max())
+    target = (hr_hsi.astype(np.float64) - lo) / (hi - lo)
+    bic = bicubic_upsample((lr_hsi.astype(np.float64) - lo) / (hi - lo), scale)
 
     def chw(a: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))[None]
 
-    return Sample(inputs.to_torch(), chw(target), chw(ground_truth_flow(scene)), chw(bic), chw(scene.ref_rgb_aligned))
+    return Sample(inputs.to_torch(), chw(target), chw(ground_truth_flow(scene)[hr_win]), chw(bic),
+                  chw(scene.ref_rgb_aligned[hr_win]))
+
+
+class StageTwoSamples:
+    """The stage-2 data stream: a pure function of (config, step), so a resumed run sees the same samples.
+
+    Every batch slot walks through its own sequence of scenes whose sizes cycle through ``cfg.scene_sizes``; a scene of
+    size S is cut into (S/crop)² non-overlapping crop² tiles, used on consecutive steps (the scene is generated once
+    and cached per slot). Why: the generator's layout scales with the scene (smooth material fields of sigma size/10,
+    shapes of size/16 to size/3) while stripes, checkerboards and per-pixel detail do not, so tiles of larger scenes
+    carry the coarser structure of the large images the runtime super-resolves. The slots start at different points
+    of the cycle, which spreads the cost of generating the large scenes over the steps. A scene's photo gets the
+    misalignment of the curriculum at the step of its first tile. With ``scene_sizes`` equal to the crop every sample
+    is a whole scene with seed ``seed*10_000_000 + step*batch + i`` (the recipe of the weights shipped before).
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.sizes = parse_scene_sizes(cfg)
+        self.tiles = [(s // cfg.crop) ** 2 for s in self.sizes]
+        self.cycle = sum(self.tiles)
+        self._cache: dict[int, tuple[int, SyntheticScene]] = {}
+
+    def plan(self, step: int, slot: int) -> tuple[int, int, int, int]:
+        """(scene seed, scene size, tile index, the step of the scene's first tile) of ``slot`` at ``step``."""
+        cfg = self.cfg
+        offset = slot * self.cycle // cfg.batch
+        cycle, pos = divmod(step + offset, self.cycle)
+        j = 0
+        while pos >= self.tiles[j]:
+            pos -= self.tiles[j]
+            j += 1
+        seed = cfg.seed * 10_000_000 + (cycle * cfg.batch + slot) * len(self.sizes) + j
+        return seed, self.sizes[j], pos, max(step - pos, 0)
+
+    def sample(self, step: int, slot: int) -> Sample:
+        cfg = self.cfg
+        seed, size, tile, first = self.plan(step, slot)
+        cached = self._cache.get(slot)
+        if cached is None or cached[0] != seed:
+            cached = (seed, _scene_for(seed, size, cfg.scale, misalignment=misalignment_at(first, cfg),
+                                       camera_jitter=cfg.camera_jitter))
+            self._cache[slot] = cached
+        grid = size // cfg.crop
+        top, left = (tile // grid) * cfg.crop, (tile % grid) * cfg.crop
+        return sample_from_scene(cached[1], (top, left, cfg.crop))
+
+    def batch(self, step: int) -> list[Sample]:
+        return [self.sample(step, i) for i in range(self.cfg.batch)]
+
+
+def parse_scene_sizes(cfg: TrainConfig) -> list[int]:
+    """``cfg.scene_sizes`` as a list; each size a multiple of the crop, which is a multiple of the scale."""
+    try:
+        sizes = [int(v) for v in cfg.scene_sizes.split(",")]
+    except ValueError:
+        raise ValueError(f"scene_sizes must be comma-separated integers, got {cfg.scene_sizes!r}") from None
+    if cfg.crop % cfg.scale or not sizes or any(s < cfg.crop or s % cfg.crop for s in sizes):
+        raise ValueError(f"scene_sizes {cfg.scene_sizes!r} must be multiples of the crop {cfg.crop} (itself a "
+                         f"multiple of the scale {cfg.scale})")
+    return sizes
 
 
 def _collate(samples: list[Sample]) -> tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor]:
@@ -448,6 +530,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     """
     from .checkpoint import save_safetensors, state_dict_sha256
 
+    data = StageTwoSamples(cfg)  # checks the config's scene sizes before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -488,9 +571,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     raft_eval = _raft_eval_in_stage2(cfg)
     model.flownet.train(not raft_eval)
     for step in range(start, cfg.steps):
-        batch = [make_sample(cfg.seed * 10_000_000 + step * cfg.batch + i, cfg.crop, cfg.scale,
-                             misalignment=misalignment_at(step, cfg), camera_jitter=cfg.camera_jitter)
-                 for i in range(cfg.batch)]
+        batch = data.batch(step)
         inputs, target, flow_gt, ref_aligned = _collate(batch)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
@@ -533,8 +614,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         "config": asdict(cfg),
         "data": {"generator": "sschsr_deploy.data.make_scene", "split": "train", "crop": cfg.crop,
                  "samples": cfg.steps * cfg.batch + cfg.match_steps * cfg.match_batch,
-                 "sample_seeds": f"stage 2: seed*10_000_000 + step*batch + i, stage 1: seed*10_000_000 + 5_000_000 + "
-                                 f"step*match_batch + i (seed={cfg.seed})",
+                 "scene_sizes": parse_scene_sizes(cfg),
+                 "sample_seeds": f"stage 2: StageTwoSamples.plan (seed*10_000_000 + step*batch + i with whole "
+                                 f"crop² scenes), stage 1: seed*10_000_000 + 5_000_000 + step*match_batch + i "
+                                 f"(seed={cfg.seed})",
                  "flow_pairs": {"pairs": cfg.raft_steps * cfg.raft_batch, "pool_scenes": cfg.raft_pool,
                                 "generator": "sschsr_deploy.data.flow_pairs.FlowPairPool (aligned train-split scenes "
                                              "displaced by random fields)"}},

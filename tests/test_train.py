@@ -11,12 +11,14 @@ import torch
 from sschsr_deploy.checkpoint import load_safetensors
 from sschsr_deploy.runtime import load_model
 from sschsr_deploy.train import (
+    StageTwoSamples,
     TrainConfig,
     _build,
     _lr_at,
     make_sample,
     matching_accuracy,
     misalignment_at,
+    sample_from_scene,
     train,
 )
 
@@ -176,3 +178,73 @@ def test_matching_accuracy_finds_an_identical_photo_and_reports_zero_flow():
     # 0.72 measured: patches whose receptive field meets the border or the wrap-around seam match elsewhere; with x and
     # y swapped in the metric every match would be sqrt(2) cells off
     assert moved["match_within_1_cell"] > 0.6
+
+
+# ------------------------------------------------------------------------------------------------ stage-2 data stream
+
+
+def test_stage_two_stream_with_crop_sized_scenes_is_the_whole_scene_recipe():
+    cfg = TrainConfig(batch=3, steps=40)
+    data = StageTwoSamples(cfg)
+    for step in (0, 5, 31):
+        for i, s in enumerate(data.batch(step)):
+            ref = make_sample(step * 3 + i, 128, 4, misalignment=misalignment_at(step, cfg),
+                              camera_jitter=cfg.camera_jitter)
+            assert torch.equal(s.target, ref.target) and torch.equal(s.inputs[2], ref.inputs[2])
+
+
+def test_stage_two_stream_tiles_larger_scenes():
+    cfg = TrainConfig(batch=2, crop=64, scene_sizes="64,128", steps=40)
+    data = StageTwoSamples(cfg)
+    assert data.cycle == 1 + 4
+    # every slot visits each scene's tiles exactly once, on consecutive steps, with a new seed for every scene
+    for slot in range(2):
+        plans = [data.plan(step, slot) for step in range(15)]
+        by_scene: dict[int, list] = {}
+        for step, (seed, size, tile, first) in enumerate(plans):
+            by_scene.setdefault(seed, []).append((step, size, tile, first))
+        for seed, uses in by_scene.items():
+            size = uses[0][1]
+            tiles = [u[2] for u in uses]
+            complete = uses[0][0] > 0 and uses[-1][0] < 14  # scenes cut by the window's ends are partial
+            if complete:
+                assert tiles == list(range((size // 64) ** 2)), (seed, uses)
+            assert [u[0] for u in uses] == list(range(uses[0][0], uses[0][0] + len(uses)))
+            assert len({u[3] for u in uses}) == 1  # one misalignment per scene: that of its first step
+    seeds0 = {data.plan(s, 0)[0] for s in range(15)}
+    seeds1 = {data.plan(s, 1)[0] for s in range(15)}
+    assert not seeds0 & seeds1
+    # a sample is the scene's window prepared on its own, and the stream is a pure function of the step
+    seed, size, tile, first = data.plan(7, 1)
+    assert size == 128
+    from sschsr_deploy.train import _scene_for
+    scene = _scene_for(seed, size, 4, misalignment=misalignment_at(first, cfg), camera_jitter=cfg.camera_jitter)
+    top, left = (tile // 2) * 64, (tile % 2) * 64
+    s = StageTwoSamples(cfg).sample(7, 1)  # fresh instance: no cached scene
+    ref = sample_from_scene(scene, (top, left, 64))
+    assert torch.equal(s.target, ref.target) and torch.equal(s.flow, ref.flow)
+    assert torch.equal(data.sample(7, 1).inputs[0], s.inputs[0])
+    torch.testing.assert_close(s.flow, torch.from_numpy(
+        np.ascontiguousarray(-scene.displacement[top:top + 64, left:left + 64, ::-1].transpose(2, 0, 1)))[None])
+
+
+def test_window_sample_is_prepared_on_its_own_scale():
+    from sschsr_deploy.train import _scene_for
+    scene = _scene_for(21, 128, 4)
+    whole = sample_from_scene(scene)
+    torch.testing.assert_close(whole.target, make_sample(21, 128, 4).target, rtol=0, atol=0)
+    win = sample_from_scene(scene, (64, 32, 64))
+    assert win.target.shape == (1, 31, 64, 64) and win.inputs[2].shape[-2:] == (64, 64)
+    # its own min-max normalisation: the window's LR cube spans exactly [0, 1]
+    lr = scene.lr_hsi[16:32, 8:24]
+    lo, hi = float(lr.min()), float(lr.max())
+    expected = (scene.hr_hsi[64:128, 32:96].astype(np.float64) - lo) / (hi - lo)
+    torch.testing.assert_close(win.target, torch.from_numpy(expected.transpose(2, 0, 1).astype(np.float32))[None])
+    with pytest.raises(ValueError, match="LR grid"):
+        sample_from_scene(scene, (2, 0, 64))
+
+
+@pytest.mark.parametrize("sizes", ["", "128,x", "96", "64", "128,200"])
+def test_bad_scene_sizes_are_refused(sizes):
+    with pytest.raises(ValueError, match="scene_sizes"):
+        StageTwoSamples(TrainConfig(scene_sizes=sizes))

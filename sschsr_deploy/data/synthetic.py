@@ -160,8 +160,33 @@ def ground_truth_flow(scene: SyntheticScene) -> np.ndarray:
 # spatial layout
 
 
+def _wrapped_gaussian_kernel(sigma: float, n: int) -> np.ndarray:
+    """scipy's truncated Gaussian (radius int(4 sigma + 0.5), normalised) folded onto a period of ``n`` samples."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel = np.zeros(n)
+    np.add.at(kernel, x % n, weights / weights.sum())
+    return kernel
+
+
+def gaussian_filter_wrap(a: np.ndarray, sigma: float) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(a, sigma, mode="wrap")`` of a 2-D array as a circular convolution by FFT.
+
+    The same result to rounding (~1e-15 relative), but its cost does not grow with sigma: the smooth fields of a 384²
+    scene have sigmas up to 128 px, where the direct filter took 60% of the scene's generation time.
+    """
+    for axis in (0, 1):
+        n = a.shape[axis]
+        shape = [1, 1]
+        shape[axis] = -1
+        transfer = np.fft.rfft(_wrapped_gaussian_kernel(sigma, n)).reshape(shape)
+        a = np.fft.irfft(np.fft.rfft(a, axis=axis) * transfer, n=n, axis=axis)
+    return a
+
+
 def _smooth_field(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
-    f = ndimage.gaussian_filter(rng.standard_normal((h, w)), sigma, mode="wrap")
+    f = gaussian_filter_wrap(rng.standard_normal((h, w)), sigma)
     return (f - f.mean()) / (f.std() + 1e-12)
 
 
