@@ -79,15 +79,23 @@ Batch 2 x 2300 steps (the same 4600 stage-2 samples in the same time, 0.73 steps
 reused, 58.7 min in all) validates above the shipped batch-4 run at equal samples (+0.03 to +0.47 dB until the
 misalignment reaches the default, 27.17 vs 26.92 dB at the end) and gains more on the 12 held-out scenes (+2.11 /
 +2.18 / +2.09 vs +1.93 / +2.09 / +1.92; 128² scenes +1.98 vs +1.74, 256² +2.37 vs +2.33), but less on the quality
-table's 384² scenes: +2.05 dB whole image (+1.04 / +1.76 / +3.35 per scene vs +1.29 / +1.99 / +4.10), +2.17 tiled at
-the 256-px default, vs +2.46 (``benchmarks/results/quality_candidate_batch2.json``). Its advantage shrinks with the
-image size and reverses at 384², which the 128² validation crops cannot show, so it was not shipped. The deficit is
-in the cube path (a mismatched photo: 29.16 vs 29.50 dB), and the likely cause is the data, not the network: the
-generator's layout scales with the scene (smooth material fields of sigma size/10, shapes of size/16 to size/3) while
-stripes, checkerboards and per-pixel detail do not, and every training sample is a whole 128² scene, so a 384²
-scene has 3x coarser structure than anything trained on; the longer-trained model fits the 128² statistics more
-closely (unmeasured: training on 128² crops of larger scenes would test it). Rank candidates on 384² scenes
-(``benchmarks/quality.py --weights``).
+table's first three 384² scenes: +2.05 dB whole image (+1.04 / +1.76 / +3.35 per scene vs +1.29 / +1.99 / +4.10),
+vs +2.46 (``benchmarks/results/quality_candidate_batch2.json``), so it was not shipped then. Those three scenes were
+a poor sample: on the quality table's twelve scenes (seeds 2_000_000 + i, whole image) it gains +1.94 dB vs +2.03,
+on twelve other 384² scenes (seeds 2_000_100 + i) +1.43 vs +1.36, i.e. a tie on 24 large scenes (+1.69 each) and
++0.18 dB on the 12 small ones. The shipped weights stay (a tie is no reason to change them); the quality table now
+averages twelve scenes and reports the paired gain over bicubic with its standard error.
+
+Scene sizes (``scene_sizes``, :class:`StageTwoSamples`): the generator's layout scales with the scene (smooth
+material fields of sigma size/10, shapes of size/16 to size/3) while stripes, checkerboards and per-pixel detail do
+not, so whole 128² training scenes have finer structure than 384² images. Training on 128² tiles of larger scenes
+(``scene_sizes="128,128,256,384"``: 2/15 of the samples whole 128² scenes, 4/15 tiles of 256², 9/15 of 384²; stage 1
+reused) is worse, not better, on large images: at step 600 it gains +0.53 dB on the twelve other 384² scenes where the
+shipped run's step-600 checkpoint gains +1.09 (+1.19 vs +1.90 on the quality table's first three; validation 25.26
+vs 26.38 dB), so it was stopped there and the default stays whole crop² scenes. A likely reason: a slot keeps a large
+scene for up to nine steps, so the run sees 3.7x fewer distinct scenes (spectra, illuminants, cameras), and tiles of
+large scenes hold fewer edges per sample. Rank candidates on 384² scenes (``benchmarks/quality.py --weights``), not
+on the 128² validation.
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
@@ -224,9 +232,9 @@ class StageTwoSamples:
 
     Every batch slot walks through its own sequence of scenes whose sizes cycle through ``cfg.scene_sizes``; a scene of
     size S is cut into (S/crop)² non-overlapping crop² tiles, used on consecutive steps (the scene is generated once
-    and cached per slot). Why: the generator's layout scales with the scene (smooth material fields of sigma size/10,
-    shapes of size/16 to size/3) while stripes, checkerboards and per-pixel detail do not, so tiles of larger scenes
-    carry the coarser structure of the large images the runtime super-resolves. The slots start at different points
+    and cached per slot). Why: the generator's layout scales with the scene while its fine detail does not, so tiles
+    of larger scenes carry the coarser structure of the large images the runtime super-resolves (in this CPU budget
+    that made large images worse, not better: module doc; the default stays whole crop² scenes). The slots start at different points
     of the cycle, which spreads the cost of generating the large scenes over the steps. A scene's photo gets the
     misalignment of the curriculum at the step of its first tile. With ``scene_sizes`` equal to the crop every sample
     is a whole scene with seed ``seed*10_000_000 + step*batch + i`` (the recipe of the weights shipped before).
