@@ -234,10 +234,10 @@ class StageTwoSamples:
     size S is cut into (S/crop)² non-overlapping crop² tiles, used on consecutive steps (the scene is generated once
     and cached per slot). Why: the generator's layout scales with the scene while its fine detail does not, so tiles
     of larger scenes carry the coarser structure of the large images the runtime super-resolves (in this CPU budget
-    that made large images worse, not better: module doc; the default stays whole crop² scenes). The slots start at different points
-    of the cycle, which spreads the cost of generating the large scenes over the steps. A scene's photo gets the
-    misalignment of the curriculum at the step of its first tile. With ``scene_sizes`` equal to the crop every sample
-    is a whole scene with seed ``seed*10_000_000 + step*batch + i`` (the recipe of the weights shipped before).
+    that made large images worse, not better: module doc; the default stays whole crop² scenes). The slots start at
+    different points of the cycle, which spreads the cost of generating the large scenes over the steps. A scene's
+    photo gets the misalignment of the curriculum at the step of its first tile. With ``scene_sizes`` equal to the
+    crop every sample is a whole scene with seed ``seed*10_000_000 + step*batch + i`` (the shipped recipe).
     """
 
     def __init__(self, cfg: TrainConfig):
