@@ -66,9 +66,10 @@ held-out share is 0.68 after 250 steps, 0.78 after 500 and 0.79 after 750 (one 7
 the shipped run's 600 steps give 0.81 on its three validation scenes (zero flow 0.61; ``matching`` in the card). The
 network trained on top (1150 steps, 57.5 min in all; the shipped x4 weights; after 600 steps +1.36 / +1.83 / +1.31 on
 the 4 scenes above, where the curriculum run had +1.24 / +1.45 / +1.12) gains +1.93 dB over bicubic on the 12 held-out
-scenes (was +1.81) and validates at 26.92 dB (was 26.79); on the quality table's 384² scenes +2.46 dB (was +1.80). On
-the 12 scenes the photo hardly moves the result (another scene's photo gives +1.92, the photo without misalignment
-+2.09); on the 384² scenes a mismatched photo costs 0.19 dB. Better pre-offsets alone do not teach the decoder to take
+scenes (was +1.81) and validates at 26.92 dB (was 26.79); on the quality table's first three 384² scenes +2.46 dB
+(was +1.80), on its twelve +2.03 (was +1.70; whole image). On the 12 scenes the photo hardly moves the result
+(another scene's photo gives +1.92, the photo without misalignment +2.09); on the twelve 384² scenes a mismatched
+photo costs 0.10 dB. Better pre-offsets alone do not teach the decoder to take
 the photo's detail across a few pixels of misalignment in this budget. Supervising the deformable offsets with the
 true flow on top of the same stage 1 (``offset_weight=0.05``, 20% slower per step) does not either: at step 600 the
 4 scenes give +1.36 / +1.68 / +1.11 dB (the shipped run's checkpoint: +1.36 / +1.83 / +1.31), i.e. a mismatched photo
