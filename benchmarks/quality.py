@@ -141,9 +141,10 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool) -> dict[st
     table = {name: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} for name, ms in rows.items()}
     bicubic = np.array([m["psnr"] for m in rows["bicubic"]])
     for name, ms in rows.items():  # paired per-scene gains: the scene-to-scene spread of PSNR itself is much larger
-        table[name]["psnr_per_scene"] = [m["psnr"] for m in ms]
+        per_scene = [m["psnr"] for m in ms]
+        table[name]["psnr_per_scene"] = per_scene
         if name != "bicubic":
-            gain = np.array([m["psnr"] for m in ms]) - bicubic
+            gain = np.array(per_scene) - bicubic
             table[name]["psnr_gain_vs_bicubic"] = float(gain.mean())
             table[name]["psnr_gain_sem"] = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else None
     return {"model": info, "scenes": [s.describe() for s in made], "rows": table, "notes": notes}

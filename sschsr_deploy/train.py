@@ -210,11 +210,13 @@ def sample_from_scene(scene: SyntheticScene, window: tuple[int, int, int] | None
     omitted), prepared as if the window were the user's whole image: its own inputs and its own min-max scale. The
     photo is cut at the same place, so near the window's edges the displaced content it shows lies partly outside."""
     scale = scene.scale
-    top, left, size = window if window is not None else (0, 0, scene.hr_hsi.shape[0])
-    if top % scale or left % scale or size % scale:
-        raise ValueError(f"window {window} must be on the LR grid (multiples of {scale})")
-    hr_win = (slice(top, top + size), slice(left, left + size))
-    lr_win = (slice(top // scale, (top + size) // scale), slice(left // scale, (left + size) // scale))
+    hr_win = lr_win = (slice(None), slice(None))
+    if window is not None:
+        top, left, size = window
+        if top % scale or left % scale or size % scale:
+            raise ValueError(f"window {window} must be on the LR grid (multiples of {scale})")
+        hr_win = (slice(top, top + size), slice(left, left + size))
+        lr_win = (slice(top // scale, (top + size) // scale), slice(left // scale, (left + size) // scale))
     lr_hsi, hr_hsi = scene.lr_hsi[lr_win], scene.hr_hsi[hr_win]
     inputs = prepare_inputs(np.ascontiguousarray(lr_hsi), np.ascontiguousarray(scene.ref_rgb[hr_win]), scale)
     lo, hi = float(lr_hsi.min()), float(lr_hsi.max())
@@ -623,7 +625,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         "config": asdict(cfg),
         "data": {"generator": "sschsr_deploy.data.make_scene", "split": "train", "crop": cfg.crop,
                  "samples": cfg.steps * cfg.batch + cfg.match_steps * cfg.match_batch,
-                 "scene_sizes": parse_scene_sizes(cfg),
+                 "scene_sizes": data.sizes,
                  "sample_seeds": f"stage 2: StageTwoSamples.plan (seed*10_000_000 + step*batch + i with whole "
                                  f"crop² scenes), stage 1: seed*10_000_000 + 5_000_000 + step*match_batch + i "
                                  f"(seed={cfg.seed})",
