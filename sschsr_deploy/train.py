@@ -154,6 +154,7 @@ class TrainConfig:
     match_batch: int = 4
     match_lr: float = 1e-3
     match_temperature: float = 0.07
+    match_crop: int = 128  # stage 1 scene size (stage 2's ``crop`` may differ: stage 1 is a small part of the time)
     steps: int = 1150  # stage 2: the whole network
     batch: int = 4
     crop: int = 128
@@ -172,6 +173,7 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 50
     val_scenes: int = 3
+    val_size: int = 128  # validation scene size, fixed so that runs with different crops validate alike
     checkpoint_every: int = 50
     threads: int = 2
 
@@ -279,7 +281,8 @@ class StageTwoSamples:
 
 
 def parse_scene_sizes(cfg: TrainConfig) -> list[int]:
-    """``cfg.scene_sizes`` as a list; each size a multiple of the crop, which is a multiple of the scale."""
+    """``cfg.scene_sizes`` as a list; each size a multiple of the crop, which is a multiple of the scale (as are the
+    stage-1 and validation scene sizes, checked here too so that a bad config fails before any work)."""
     try:
         sizes = [int(v) for v in cfg.scene_sizes.split(",")]
     except ValueError:
@@ -287,6 +290,9 @@ def parse_scene_sizes(cfg: TrainConfig) -> list[int]:
     if cfg.crop % cfg.scale or not sizes or any(s < cfg.crop or s % cfg.crop for s in sizes):
         raise ValueError(f"scene_sizes {cfg.scene_sizes!r} must be multiples of the crop {cfg.crop} (itself a "
                          f"multiple of the scale {cfg.scale})")
+    for name in ("match_crop", "val_size"):
+        if getattr(cfg, name) % cfg.scale or getattr(cfg, name) <= 0:
+            raise ValueError(f"{name}={getattr(cfg, name)} must be a positive multiple of the scale {cfg.scale}")
     return sizes
 
 
@@ -470,8 +476,8 @@ def _train_matching(model: nn.Module, cfg: TrainConfig) -> dict[str, list]:
     opt = torch.optim.Adam(params, lr=cfg.match_lr)
     steps, losses = [], []
     for step in range(cfg.match_steps):
-        batch = [make_sample(cfg.seed * 10_000_000 + 5_000_000 + step * cfg.match_batch + i, cfg.crop, cfg.scale,
-                             camera_jitter=cfg.camera_jitter)
+        batch = [make_sample(cfg.seed * 10_000_000 + 5_000_000 + step * cfg.match_batch + i, cfg.match_crop,
+                             cfg.scale, camera_jitter=cfg.camera_jitter)
                  for i in range(cfg.match_batch)]
         inputs, _, flow_gt, _ = _collate(batch)
         for g in opt.param_groups:
@@ -558,7 +564,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         start, history, opt_state = _load_checkpoint(ckpt, model)
         log.info("resumed from step %d", start)
     atomic_write_json(cfg_path, asdict(cfg))
-    val = [make_sample(VALIDATION_SEED + i, cfg.crop, cfg.scale, "test") for i in range(cfg.val_scenes)]
+    val = [make_sample(VALIDATION_SEED + i, cfg.val_size, cfg.scale, "test") for i in range(cfg.val_scenes)]
     t_start = t0 = time.perf_counter()
     stage_seconds: dict[str, float] = {}
     if start == 0:
@@ -624,6 +630,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         "preset": cfg.preset, "scale": cfg.scale, "bands": 31, "weights_sha256": state_dict_sha256(model),
         "config": asdict(cfg),
         "data": {"generator": "sschsr_deploy.data.make_scene", "split": "train", "crop": cfg.crop,
+                 "match_crop": cfg.match_crop,
                  "samples": cfg.steps * cfg.batch + cfg.match_steps * cfg.match_batch,
                  "scene_sizes": data.sizes,
                  "sample_seeds": f"stage 2: StageTwoSamples.plan (seed*10_000_000 + step*batch + i with whole "

@@ -248,3 +248,28 @@ def test_window_sample_is_prepared_on_its_own_scale():
 def test_bad_scene_sizes_are_refused(sizes):
     with pytest.raises(ValueError, match="scene_sizes"):
         StageTwoSamples(TrainConfig(scene_sizes=sizes))
+
+
+@pytest.mark.parametrize("field,value", [("match_crop", 66), ("val_size", 0), ("val_size", 130)])
+def test_bad_stage_sizes_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        StageTwoSamples(TrainConfig(**{field: value}))
+
+
+def test_stage_one_and_validation_sizes_are_their_own(tmp_path, monkeypatch):
+    # stage 2 on 64² crops, stage 1 on 96² scenes, validation on 80² scenes: each stage draws the size it is given
+    import sschsr_deploy.train as train_mod
+
+    drawn: list[tuple[str, int]] = []
+    real = train_mod.make_sample
+
+    def spy(seed, size, scale, split="train", **kw):
+        drawn.append((split, size))
+        return real(seed, size, scale, split, **kw)
+
+    monkeypatch.setattr(train_mod, "make_sample", spy)
+    cfg = TrainConfig(match_steps=1, match_batch=1, match_crop=96, steps=1, batch=1, crop=64, scene_sizes="64",
+                      val_size=80, val_scenes=1, val_every=1)
+    card = train(cfg, tmp_path)
+    assert ("test", 80) in drawn and ("train", 96) in drawn and ("test", 64) not in drawn
+    assert card["data"]["crop"] == 64 and card["data"]["match_crop"] == 96
