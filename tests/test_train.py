@@ -250,14 +250,23 @@ def test_bad_scene_sizes_are_refused(sizes):
         StageTwoSamples(TrainConfig(scene_sizes=sizes))
 
 
-@pytest.mark.parametrize("field,value", [("match_crop", 66), ("val_size", 0), ("val_size", 130)])
+@pytest.mark.parametrize("field,value", [("match_crop", 130), ("val_size", 0), ("val_size", 130)])
 def test_bad_stage_sizes_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         StageTwoSamples(TrainConfig(**{field: value}))
 
 
+@pytest.mark.parametrize("field,value", [("crop", 96), ("match_crop", 64), ("val_size", 120), ("crop", 132)])
+def test_sizes_the_network_cannot_take_are_refused_before_any_work(tmp_path, field, value):
+    # below 128² RAFT's flow is NaN everywhere and the warped photo silently corrupted (what a 96² crop run trained on)
+    kw = {"scene_sizes": str(value)} if field == "crop" else {}
+    with pytest.raises(ValueError, match=f"{field}={value}: the network needs"):
+        train(TrainConfig(**{field: value}, **kw), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_stage_one_and_validation_sizes_are_their_own(tmp_path, monkeypatch):
-    # stage 2 on 64² crops, stage 1 on 96² scenes, validation on 80² scenes: each stage draws the size it is given
+    # stage 1 on 136² scenes, validation on 144² scenes, stage 2 on 128² crops: each stage draws the size it is given
     import sschsr_deploy.train as train_mod
 
     drawn: list[tuple[str, int]] = []
@@ -268,8 +277,9 @@ def test_stage_one_and_validation_sizes_are_their_own(tmp_path, monkeypatch):
         return real(seed, size, scale, split, **kw)
 
     monkeypatch.setattr(train_mod, "make_sample", spy)
-    cfg = TrainConfig(match_steps=1, match_batch=1, match_crop=96, steps=1, batch=1, crop=64, scene_sizes="64",
-                      val_size=80, val_scenes=1, val_every=1)
+    cfg = TrainConfig(match_steps=1, match_batch=1, match_crop=136, steps=1, batch=1, val_size=144, val_scenes=1,
+                      val_every=1)
     card = train(cfg, tmp_path)
-    assert ("test", 80) in drawn and ("train", 96) in drawn and ("test", 64) not in drawn
-    assert card["data"]["crop"] == 64 and card["data"]["match_crop"] == 96
+    assert ("test", 144) in drawn and ("train", 136) in drawn and ("test", 128) not in drawn
+    assert card["data"]["crop"] == 128 and card["data"]["match_crop"] == 136
+    assert np.isfinite(card["validation"]["psnr_model"])
