@@ -14,7 +14,9 @@ disjoint from training and validation) it measures PSNR, SSIM, SAM and ERGAS of
 and for every model row the relative L2 deviation ``||out - out_whole_fp32|| / ||out_whole_fp32||``. Results go to
 ``benchmarks/results/quality.json`` (+ a Markdown table printed for the README).
 
-Usage: ``python benchmarks/quality.py [--weights W] [--size 384] [--scenes 12] [--no-onnx]``
+Usage: ``python benchmarks/quality.py [--scale 4|8] [--weights W] [--size 384] [--scenes 12] [--no-onnx] [--core]``
+(``--scale 8`` writes ``quality_x8.json``; ``--core`` keeps the first five rows: bicubic, whole image, mismatched and
+aligned photo, default tiling).
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ from sschsr_deploy.pretrained import shipped_weights  # noqa: E402
 from sschsr_deploy.runtime import Pipeline, load_model  # noqa: E402
 
 QUALITY_SEED = 2_000_000  # held-out scenes: disjoint from training (seed*10^7 + n) and validation (10^6 + i)
-SCALE = 4
+SCALES = (4, 8)  # the scales with shipped weights
 
 
-def _metrics(out: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+def _metrics(out: np.ndarray, gt: np.ndarray, scale: int) -> dict[str, float]:
     return {"psnr": metrics.psnr(out, gt), "ssim": metrics.ssim(out, gt), "sam_deg": float(np.degrees(metrics.sam(
-        out, gt))), "ergas": metrics.ergas(out, gt, SCALE)}
+        out, gt))), "ergas": metrics.ergas(out, gt, scale)}
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,7 +56,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 def _pipeline(model, info, scene, ref, tile, overlap) -> np.ndarray:
     pipe = Pipeline(model, tile=tile, overlap=overlap, quiet=True, model_info=info)
-    return pipe.run(scene.lr_hsi, ref, SCALE)
+    return pipe.run(scene.lr_hsi, ref, scene.scale)
 
 
 class _ModelLevel:
@@ -62,7 +64,7 @@ class _ModelLevel:
 
     def __init__(self, model, scene) -> None:
         self.model = model
-        self.inputs = prepare_inputs(scene.lr_hsi, scene.ref_rgb, SCALE)
+        self.inputs = prepare_inputs(scene.lr_hsi, scene.ref_rgb, scene.scale)
         self.lo, self.hi = float(scene.lr_hsi.min()), float(scene.lr_hsi.max())
 
     def denorm(self, out_nchw: np.ndarray) -> np.ndarray:
@@ -91,22 +93,24 @@ def _export(model, size: int, precision: str, workdir: Path):
     return make_session(path, providers=["CPUExecutionProvider"]), time.perf_counter() - t0
 
 
-def evaluate(weights: str | None, size: int, scenes: int, onnx: bool) -> dict[str, Any]:
-    model, info = load_model("tiny", weights or str(shipped_weights("tiny", SCALE)))
+def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int = 4,
+             core: bool = False) -> dict[str, Any]:
+    """The table's rows (mean metrics and per-scene PSNR); ``core`` stops after the default tiling."""
+    model, info = load_model("tiny", weights or str(shipped_weights("tiny", scale)))
     model.validate_inputs = False
-    made = [make_scene(seed=QUALITY_SEED + i, size=(size, size), scale=SCALE, split="test") for i in range(scenes)]
+    made = [make_scene(seed=QUALITY_SEED + i, size=(size, size), scale=scale, split="test") for i in range(scenes)]
     rows: dict[str, list[dict[str, float]]] = {}
     notes: dict[str, str] = {}
 
     def add(name: str, out: np.ndarray, gt: np.ndarray, whole: np.ndarray | None) -> None:
-        m = _metrics(out, gt)
+        m = _metrics(out, gt, scale)
         if whole is not None:
             m["rel_dev_vs_whole_fp32"] = _rel(out, whole)
         rows.setdefault(name, []).append(m)
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if onnx:
+        if onnx and not core:
             for precision in ("fp32", "fp16"):
                 try:
                     sessions[precision], secs = _export(model, size, precision, Path(tmp))
@@ -115,19 +119,21 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool) -> dict[st
                     notes[f"onnxruntime {precision}"] = f"not measured: {type(exc).__name__}: {exc}"
         for i, scene in enumerate(made):
             gt = scene.hr_hsi.astype(np.float64)
-            bic = np.clip(bicubic_upsample(scene.lr_hsi.astype(np.float64), SCALE), 0.0, 1.0)
+            bic = np.clip(bicubic_upsample(scene.lr_hsi.astype(np.float64), scale), 0.0, 1.0)
             add("bicubic", bic, gt, None)
             whole = _pipeline(model, info, scene, scene.ref_rgb, None, 0).astype(np.float64)
             add("model, whole image (fp32, PyTorch)", whole, gt, whole)
             other = made[(i + 1) % len(made)] if len(made) > 1 else make_scene(seed=QUALITY_SEED - 1, size=(
-                size, size), scale=SCALE, split="test")
+                size, size), scale=scale, split="test")
             add("model, mismatched reference", _pipeline(model, info, scene, other.ref_rgb, None, 0), gt, whole)
             aligned = np.round(scene.ref_rgb_aligned * 255.0).astype(np.uint8)
             add("model, photo without misalignment", _pipeline(model, info, scene, aligned, None, 0), gt, whole)
-            for tile, overlap in ((256, 32), (256, 8), (128, 16)):
+            for tile, overlap in ((256, 32),) if core else ((256, 32), (256, 8), (128, 16)):
                 tag = " (default)" if (tile, overlap) == (256, 32) else ""
                 out = _pipeline(model, info, scene, scene.ref_rgb, tile, overlap)
                 add(f"tiled {tile} px, overlap {overlap}{tag}", out, gt, whole)
+            if core:
+                continue
             level = _ModelLevel(model, scene)
             add("model-level fp32 (check: equals whole image)", level.torch(), gt, whole)
             for name, dt in (("PyTorch CPU autocast bfloat16", torch.bfloat16),
@@ -164,23 +170,26 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", help="tiny weights (default: the shipped x4 weights)")
+    ap.add_argument("--scale", type=int, choices=SCALES, default=4)
+    ap.add_argument("--weights", help="tiny weights (default: the shipped weights for the scale)")
     ap.add_argument("--size", type=int, default=384,
                     help="HR scene side (default 384: the default tiling really tiles)")
     ap.add_argument("--scenes", type=int, default=12,
                     help="held-out scenes (default 12: with 3 the mean gain over bicubic moved by more than 1 dB "
                          "with the choice of scenes)")
     ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime rows")
+    ap.add_argument("--core", action="store_true",
+                    help="only bicubic, whole image, mismatched / aligned photo and the default tiling")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = evaluate(args.weights, args.size, args.scenes, not args.no_onnx)
-    result.update({"environment": environment("cpu"), "size": args.size, "scale": SCALE,
+    result = evaluate(args.weights, args.size, args.scenes, not args.no_onnx, args.scale, args.core)
+    result.update({"environment": environment("cpu"), "size": args.size, "scale": args.scale,
                    "seconds": round(time.perf_counter() - t0, 1),
                    "units": {"psnr": "dB, mean over bands, data range 1", "ssim": "mean over bands",
                              "sam_deg": "degrees, mean over pixels", "ergas": "dimensionless"}})
-    path = write_json("quality", result)
+    path = write_json("quality" if args.scale == 4 else f"quality_x{args.scale}", result)
     print(markdown(result))
     for k, v in result["notes"].items():
         print(f"- {k}: {v}")
