@@ -46,6 +46,7 @@ __all__ = [
     "OfficialSample",
     "bicubic_upsample",
     "blur",
+    "blur_decimate",
     "decimate",
     "degrade",
     "gaussian_kernel",
@@ -187,6 +188,38 @@ def blur(img: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
     return ndimage.convolve(img, k, mode="nearest")
 
 
+def blur_decimate(img: np.ndarray, sf: int, kernel: np.ndarray | None = None) -> np.ndarray:
+    """``decimate(blur(img, kernel), sf)`` computed only at the kept pixels: ``sf``² times less work.
+
+    The same taps at the same places (SciPy's ``convolve`` with mode ``"nearest"`` flips the kernel, and for an
+    even-sized kernel shifts it by one, i.e. correlation with the flipped kernel at offsets ``-(n // 2) + 1 - n % 2``
+    ... along each axis), accumulated in float64 like SciPy does, then cast to the input's float dtype; results differ
+    from the two-step form only in the summation order (about 1e-16 relative, tested), so rounding to float32 can move
+    a value by one ulp.
+    """
+    img = _as_float(_check_array(img, "image", (2, 3), "H x W or H x W x C"))
+    sf = _check_sf(sf)
+    k = _official_kernel() if kernel is None else np.asarray(kernel, dtype=np.float64)
+    if k.ndim != 2:
+        raise InputValidationError(f"blur kernel must be 2-D; got shape {k.shape}")
+    flipped = k[::-1, ::-1]
+    h, w = img.shape[:2]
+    ys, xs = np.arange(0, h, sf), np.arange(0, w, sf)
+
+    def taps(n: int) -> np.ndarray:  # the input offset of each tap of the flipped kernel (SciPy's convolve origin)
+        return np.arange(n) - n // 2 + (1 - n % 2)
+
+    rows = np.clip(ys[None, :] + taps(k.shape[0])[:, None], 0, h - 1)  # edge replicate = clamp
+    cols = np.clip(xs[None, :] + taps(k.shape[1])[:, None], 0, w - 1)
+    out = np.zeros((len(ys), len(xs)) + img.shape[2:], dtype=np.float64)
+    for a in range(k.shape[0]):
+        band = img[rows[a]]
+        for b in range(k.shape[1]):
+            if flipped[a, b] != 0.0:
+                out += flipped[a, b] * band[:, cols[b]]
+    return out.astype(img.dtype, copy=False)
+
+
 def decimate(img: np.ndarray, sf: int) -> np.ndarray:
     """Keep every ``sf``-th row and column, starting at index 0 (no anti-aliasing: the blur before it is the filter)."""
     img = _check_array(img, "image", (2, 3), "H x W or H x W x C")
@@ -243,7 +276,7 @@ def degrade(img: np.ndarray, sf: int) -> np.ndarray:
     serves as the histogram-matching target.
     """
     sf = _check_sf(sf)
-    return bicubic_upsample(decimate(blur(img), sf), sf)
+    return bicubic_upsample(blur_decimate(img, sf), sf)
 
 
 def minmax_normalize(cube: np.ndarray) -> np.ndarray:
@@ -446,7 +479,7 @@ def official_inputs_from_hr(
         )
 
     hsi_hr = _minmax(raw, "HR cube")
-    lr = decimate(blur(hsi_hr), sf)
+    lr = blur_decimate(hsi_hr, sf)
     hsi_lr_up = bicubic_upsample(lr, sf)
     flow_up = degrade(_as_float(raw), sf)  # float32 raw -> float32 arithmetic, as the official code
     rgb_lr = degrade(ref_unit, sf)  # float64, NOT clipped: it is the matching target

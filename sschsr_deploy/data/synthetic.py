@@ -9,8 +9,8 @@ a camera would see it:
 2. **Illumination**: a measured illuminant (daylight, tungsten or fluorescent), blended smoothly with a second one
    across the image, times a smooth shading field (gradients, light fall-off).
 3. **HR cube** = illumination x reflectance, scaled to [0, 1] (``hr_hsi``, the ground truth).
-4. **LR cube** = the official degradation (:func:`sschsr_deploy.preprocess.blur` + ``decimate``) plus Gaussian sensor
-   noise (``hsi_noise``).
+4. **LR cube** = the official degradation (:func:`sschsr_deploy.preprocess.blur` + ``decimate``, fused in
+   :func:`~sschsr_deploy.preprocess.blur_decimate`) plus Gaussian sensor noise (``hsi_noise``).
 5. **RGB photo** through a measured camera's sensitivities (Nikon D5100 / Canon 5D Mark II / Sigma SD Merrill), white
    balanced for the illuminant, seen from a slightly different viewpoint: the image is resampled along a displacement
    field = a global homography (translation, rotation, zoom, perspective) + a smooth non-rigid field + local
@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from sschsr_deploy.errors import InputValidationError
-from sschsr_deploy.preprocess import blur, decimate
+from sschsr_deploy.preprocess import blur_decimate
 
 from .spectra import Split, spectral_library
 
@@ -387,7 +387,7 @@ def make_scene(
         rgb = rgb + rng.standard_normal(rgb.shape) * np.sqrt(shot * np.clip(rgb, 0, None) + read ** 2)
     ref = np.round(np.clip(rgb, 0.0, 1.0) ** (1 / 2.2) * 255.0).astype(np.uint8)
 
-    lr = decimate(blur(hr), scale)
+    lr = blur_decimate(hr, scale)
     noise = rng.uniform(0.0, 0.003) if hsi_noise is None else float(hsi_noise)
     if noise > 0:
         lr = np.clip(lr + rng.standard_normal(lr.shape) * noise, 0.0, 1.0)
