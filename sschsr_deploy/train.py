@@ -98,6 +98,11 @@ scene for up to nine steps, so the run sees 3.7x fewer distinct scenes (spectra,
 large scenes hold fewer edges per sample. Rank candidates on 384² scenes (``benchmarks/quality.py --weights``), not
 on the 128² validation.
 
+Smaller crops are not an option: a 96² crop would make a stage-2 step 1.85x cheaper (1.45 vs 2.67 s with the data)
+and see more scenes, but the network needs 128² (``MIN_SIZE``; below it RAFT's coarsest correlation level is degenerate
+and its flow NaN, which training, skipping the model's input checks, did not notice until the crop was refused:
+:func:`check_model_sizes`). Stage 1 and validation have their own sizes (``match_crop``, ``val_size``, 128).
+
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
 decoder level than the gather reference's).
