@@ -173,6 +173,8 @@ class TrainConfig:
     offset_weight: float = 0.0  # L1 (pixels) between the deformable offsets and the true flow, at every decoder level
     misalignment_ramp: float = 0.5  # > 0: the photo's misalignment grows from 0 to the default over this fraction of
     # stage 2 (a curriculum: the network first learns to use an aligned photo, then to align it); 0: default throughout
+    misalignment: float = 1.0  # stage-2 misalignment after the ramp, as a scale of the generator's default bounds
+    # (0: aligned photos throughout, a diagnostic of what solved alignment would be worth; not for deployment)
     camera_jitter: float = 1.0  # photos of stages 1-2 through random cameras near the measured ones (make_scene)
     grad_clip: float = 1.0
     seed: int = 0
@@ -355,10 +357,11 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def misalignment_at(step: int, cfg: TrainConfig) -> float:
-    """Scale of the generator's default misalignment for the photos of stage-2 step ``step`` (the curriculum)."""
+    """Scale of the generator's default misalignment for the photos of stage-2 step ``step`` (the curriculum, up to
+    ``cfg.misalignment``)."""
     if cfg.misalignment_ramp <= 0:
-        return 1.0
-    return min(1.0, step / (cfg.misalignment_ramp * cfg.steps))
+        return cfg.misalignment
+    return cfg.misalignment * min(1.0, step / (cfg.misalignment_ramp * cfg.steps))
 
 
 def _optimizer_step(opt: torch.optim.Optimizer, loss: Tensor, params, clip: float) -> None:

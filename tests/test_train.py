@@ -110,6 +110,11 @@ def test_misalignment_curriculum():
     scales = [misalignment_at(i, cfg) for i in range(100)]
     assert scales[0] == 0.0 and scales[20] == pytest.approx(0.5) and scales[40:] == [1.0] * 60
     assert all(a <= b for a, b in zip(scales, scales[1:], strict=False))
+    # the end point of the ramp: 0 gives aligned photos throughout (the alignment diagnostic)
+    aligned = TrainConfig(steps=100, misalignment=0.0)
+    assert {misalignment_at(i, aligned) for i in range(100)} == {0.0}
+    half = TrainConfig(steps=100, misalignment_ramp=0.4, misalignment=0.5)
+    assert misalignment_at(20, half) == pytest.approx(0.25) and misalignment_at(70, half) == 0.5
 
 
 def test_offset_alignment_loss_compares_each_level_to_the_scaled_flow():
