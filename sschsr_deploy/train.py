@@ -98,6 +98,15 @@ scene for up to nine steps, so the run sees 3.7x fewer distinct scenes (spectra,
 large scenes hold fewer edges per sample. Rank candidates on 384² scenes (``benchmarks/quality.py --weights``), not
 on the 128² validation.
 
+What solved alignment would be worth at this budget (``misalignment=0``: stage 2 on aligned photos throughout, stage
+1 reused, stopped at step 600 and compared with the shipped run's step-600 checkpoint, same schedule; the quality
+table's twelve 384² scenes, whole image, gain over bicubic with the scene's own photo / the photo without
+misalignment / another scene's photo): trained on aligned photos +0.92 / +2.21 / +0.47 dB, the shipped recipe
++1.64 / +1.69 / +1.43. So a network that only ever sees aligned photos does use them (+1.74 dB over a mismatched
+one), but after 600 CPU steps an aligned photo adds +0.52 dB over the shipped recipe, far below what the aligned
+photo holds (a linear map: +7 to +21 dB) and not enough for +3 dB; even perfect alignment would need more training
+than this budget gives.
+
 Smaller crops are not an option: a 96² crop would make a stage-2 step 1.85x cheaper (1.45 vs 2.67 s with the data)
 and see more scenes, but the network needs 128² (``MIN_SIZE``; below it RAFT's coarsest correlation level is degenerate
 and its flow NaN, which training, skipping the model's input checks, did not notice until the crop was refused:
