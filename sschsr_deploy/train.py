@@ -313,10 +313,13 @@ def parse_scene_sizes(cfg: TrainConfig) -> list[int]:
 
 
 def check_model_sizes(cfg: TrainConfig) -> None:
-    """Refuse crops the network cannot take. Training skips the model's input checks (``validate_inputs=False``), and
-    below MIN_SIZE RAFT's coarsest correlation level is degenerate: its flow is NaN everywhere, the warped photo comes
-    out corrupted (42% relative difference to the photo on a 96² scene, 1.9% at 128² where the flow is exactly 0), and
-    a run would train on it without any error (a 96² crop run did exactly that; only its logged flow loss was NaN)."""
+    """Refuse crops the network cannot take (and a negative misalignment scale).
+
+    Training skips the model's input checks (``validate_inputs=False``), and below MIN_SIZE RAFT's coarsest correlation
+    level is degenerate: its flow is NaN everywhere, the warped photo comes out corrupted (42% relative difference to
+    the photo on a 96² scene, 1.9% at 128² where the flow is exactly 0), and a run would train on it without any error
+    (a 96² crop run did exactly that; only its logged flow loss was NaN).
+    """
     from .model.presets import MIN_SIZE, SIZE_MULTIPLE
 
     for name in ("crop", "match_crop", "val_size"):
@@ -324,6 +327,8 @@ def check_model_sizes(cfg: TrainConfig) -> None:
         if v < MIN_SIZE or v % SIZE_MULTIPLE:
             raise ValueError(f"{name}={v}: the network needs scenes of at least {MIN_SIZE}² HR pixels, in multiples "
                              f"of {SIZE_MULTIPLE}")
+    if not 0.0 <= cfg.misalignment < float("inf"):
+        raise ValueError(f"misalignment={cfg.misalignment} must be a finite scale >= 0 of the generator's default")
 
 
 def _collate(samples: list[Sample]) -> tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor]:
