@@ -307,8 +307,9 @@ def parse_scene_sizes(cfg: TrainConfig) -> list[int]:
         raise ValueError(f"scene_sizes {cfg.scene_sizes!r} must be multiples of the crop {cfg.crop} (itself a "
                          f"multiple of the scale {cfg.scale})")
     for name in ("match_crop", "val_size"):
-        if getattr(cfg, name) % cfg.scale or getattr(cfg, name) <= 0:
-            raise ValueError(f"{name}={getattr(cfg, name)} must be a positive multiple of the scale {cfg.scale}")
+        v = getattr(cfg, name)
+        if v <= 0 or v % cfg.scale:
+            raise ValueError(f"{name}={v} must be a positive multiple of the scale {cfg.scale}")
     return sizes
 
 
