@@ -17,8 +17,20 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _native_built() -> bool:
+    from sschsr_deploy.ops import _backend
+
+    return _backend.native() is not None
+
+
+@pytest.mark.parametrize("backend", [
+    "reference",  # the plain-PyTorch ops would be lowered by autocast again without the float32 island
+    pytest.param("cpu", marks=pytest.mark.skipif(not _native_built(), reason="native extension not built")),
+])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_ops_accept_low_precision_activations_under_autocast(dtype):
+def test_ops_accept_low_precision_activations_under_autocast(dtype, backend, monkeypatch):
+    for var in ("SSCHSR_DCN_BACKEND", "SSCHSR_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND"):
+        monkeypatch.setenv(var, backend)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 11, 13, generator=g)
     offset = torch.randn(2, 2 * 9, 11, 13, generator=g) * 3  # some samples land outside the image

@@ -152,6 +152,21 @@ def choose(env_var: str, op: str, device: torch.device, needs_grad: bool) -> str
     return "native"
 
 
+@contextlib.contextmanager
+def float32_island(device: torch.device) -> Iterator[None]:
+    """Autocast off while one of our ops runs (its inputs already cast up by :func:`autocast_float32`).
+
+    Why: the native ops are not autocast-aware and stay float32 under autocast, but the plain-PyTorch and Triton paths
+    are made of ops autocast would lower again (a reference spectral attention returned bfloat16 under CPU autocast,
+    with the native extension absent), so every backend gives the same float32 island this way.
+    """
+    if torch.is_autocast_enabled(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
 def autocast_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Under ``torch.autocast`` our ops run as float32 islands: floating inputs are cast up, results stay float32.
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import autocast_float32, choose, define_op
+from ._backend import autocast_float32, choose, define_op, float32_island
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -218,6 +218,12 @@ def modulated_deform_conv2d(
     :func:`modulated_deform_conv2d_sampled`."""
     input, offset, mask, weight, bias = autocast_float32(input, offset, mask, weight, bias)
     args = (input, offset, mask, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups, offset_groups)
+    with float32_island(input.device):
+        return _dispatch(args)
+
+
+def _dispatch(args: tuple) -> Tensor:
+    input, offset, mask, weight, bias = args[:5]
     tensors = [t for t in (input, offset, mask, weight, bias) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     backend = choose(ENV_VAR, "modulated_deform_conv2d", input.device, needs_grad)

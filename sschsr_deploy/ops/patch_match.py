@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import autocast_float32, choose, define_op
+from ._backend import autocast_float32, choose, define_op, float32_island
 
 PIXEL_EPS = 1e-12
 PATCH_EPS = 1e-5
@@ -80,6 +80,11 @@ def patch_match(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -> tuple[Te
     Not differentiable (an arg-max); the similarity is differentiable only through the reference backend.
     """
     feat, ref_feat = autocast_float32(feat, ref_feat)
+    with float32_island(feat.device):
+        return _dispatch(feat, ref_feat, patch_size)
+
+
+def _dispatch(feat: Tensor, ref_feat: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
     needs_grad = torch.is_grad_enabled() and (feat.requires_grad or ref_feat.requires_grad)
     backend = choose(ENV_VAR, "patch_match", feat.device, needs_grad)
     if backend == "native":

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import autocast_float32, choose, define_op
+from ._backend import autocast_float32, choose, define_op, float32_island
 
 L2_EPS = 1e-12
 
@@ -94,6 +94,11 @@ def _needs_grad(*tensors: Tensor) -> bool:
 def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
     """Spectral attention as the model calls it (``SSCHSR_ATTENTION_BACKEND`` overrides the automatic choice)."""
     q, k, v, temperature = autocast_float32(q, k, v, temperature)
+    with float32_island(q.device):
+        return _spectral_attention(q, k, v, temperature, heads)
+
+
+def _spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
     backend = choose(ENV_VAR, "spectral_attention", q.device, _needs_grad(q, k, v, temperature))
     if backend == "native":
         return torch.ops.sschsr.spectral_attention(q, k, v, temperature, heads)
@@ -107,6 +112,11 @@ def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, hea
 def gram_and_norms(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Partial attention statistics of one tile (see ``gram_and_norms_reference``), fastest backend."""
     q, k = autocast_float32(q, k)
+    with float32_island(q.device):
+        return _gram_and_norms(q, k, heads)
+
+
+def _gram_and_norms(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     backend = choose(ENV_VAR, "gram_and_norms", q.device, _needs_grad(q, k))
     if backend == "native":
         return torch.ops.sschsr.gram_and_norms(q, k, heads)
