@@ -6,8 +6,10 @@ gather reference it replaced there. Shapes: the ``tiny`` decoder's three levels 
 128², 32 at 64², 48 at 32²; 3×3, 8 offset groups, offsets with a standard deviation of 3 px), and one whole
 ``sschsr_deploy.train`` stage-2 step (forward, L1 + warp loss, backward) of the ``tiny`` model at the default batch and
 crop, with either formulation. Data rows: the generator's LR degradation of one 128² x 31 cube, and one stage-2 batch
-(4 generated 128² samples), with the fused ``blur_decimate`` against the two-step ``decimate(blur(.))`` it replaced
-(same values, bit for bit; baseline measured in the same run).
+(4 generated samples of the recipe's crop), with the fused ``blur_decimate`` against the two-step
+``decimate(blur(.))`` it replaced (same values, bit for bit; baseline measured in the same run). Recipe rows: the
+stage-2 step with ``ZeroFlow`` standing in for the zeroed RAFT, at 128² and at the recipe's crop, against the step
+before (RAFT run at zero flow, 128² crops).
 
     python benchmarks/bench_train_step.py --device cpu [--threads 2] [--quick]
 """
@@ -48,25 +50,44 @@ def dcn_step(fn, c: int, side: int, device: str):
     return step
 
 
-def train_step(device: str):
-    from sschsr_deploy.train import TrainConfig, _build, _collate, make_sample
+def train_step(device: str, crop: int = 128, zero_flow_stand_in: bool = False):
+    """One stage-2 step on ``crop``² samples; ``zero_flow_stand_in`` swaps the zeroed RAFT for ``ZeroFlow`` as
+    training does (needed below 128²)."""
+    from sschsr_deploy.train import TrainConfig, _build, _collate, _raft_swapped, make_sample
 
     cfg = TrainConfig()
     model = _build(cfg).to(device).train()
     model.flownet.requires_grad_(False)
     model.rgb_extractor.requires_grad_(False)
-    inputs, target, _, ref_aligned = _collate([make_sample(i, cfg.crop, cfg.scale) for i in range(cfg.batch)])
+    inputs, target, _, ref_aligned = _collate([make_sample(i, crop, cfg.scale) for i in range(cfg.batch)])
     inputs = tuple(x.to(device) for x in inputs)
     target, ref_aligned = target.to(device), ref_aligned.to(device)
 
     def step():
-        res = model(*inputs, return_all=True)
+        with _raft_swapped(model, zero_flow_stand_in):
+            res = model(*inputs, return_all=True)
         loss = F.l1_loss(res["out"], target) + cfg.warp_weight * F.smooth_l1_loss(res["ref_warpnet"], ref_aligned,
                                                                                     beta=0.01)
         model.zero_grad(set_to_none=True)
         loss.backward()
 
     return step
+
+
+def recipe_rows(device: str, repeat: int, before_ms: float) -> list[dict]:
+    """The stage-2 step of the recipe (ZeroFlow in RAFT's place, ``TrainConfig().crop``² crops) and of the same crop
+    size as before with ZeroFlow only, against the step before (``before_ms``: RAFT run, 128² crops)."""
+    from sschsr_deploy.train import TrainConfig
+
+    crop = TrainConfig().crop
+    rows = []
+    for what, c in (("stage-2 step, 128² crops, ZeroFlow instead of the zeroed RAFT", 128),
+                    (f"stage-2 step of the recipe: {crop}² crops, ZeroFlow", crop)):
+        ms = time_fn(train_step(device, c, zero_flow_stand_in=True), device, warmup=1, repeat=repeat)["median_ms"]
+        rows.append({"what": what, "before_ms": before_ms, "ms": ms, "speedup_per_step": before_ms / ms,
+                     "speedup_per_pixel": before_ms / ms * (c / 128) ** 2})
+        print(rows[-1])
+    return rows
 
 
 def data_rows(repeat: int) -> list[dict]:
@@ -135,11 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                  "gather_reference_ms": base["median_ms"], "sampled_ms": new["median_ms"],
                  "speedup": base["median_ms"] / new["median_ms"]})
     print(rows[-1])
+    recipe = recipe_rows(args.device, repeat, new["median_ms"])
     path = write_json(f"train_step_{args.device.split(':')[0]}", {
         "benchmark": "train_step", "environment": environment(args.device), "threads": args.threads,
         "baseline": "gather reference (modulated_deform_conv2d_reference), measured in the same run",
         "rows": rows, "data_baseline": "two-step decimate(blur(.)) degradation, measured in the same run",
-        "data_rows": data_rows(repeat)})
+        "data_rows": data_rows(repeat),
+        "recipe_baseline": "the step before (RAFT run at zero flow, 128² crops), measured in the same run",
+        "recipe_rows": recipe})
     bar_chart(f"train_step_{args.device.split(':')[0]}", "Training path: speed-up over the gather reference",
               ["DCN 16ch 128²", "DCN 32ch 64²", "DCN 48ch 32²", "whole step"],
               {"sampled / gather": [r["speedup"] for r in rows]}, "speed-up (x)")

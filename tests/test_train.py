@@ -47,7 +47,7 @@ def test_learning_rate_schedule():
 
 def test_short_run_writes_weights_card_and_resumes(tmp_path):
     cfg = TrainConfig(raft_steps=2, raft_batch=1, raft_pool=2, match_steps=2, match_batch=1, steps=2, batch=1,
-                      val_every=2, checkpoint_every=1, val_scenes=1)
+                      crop=128, scene_sizes="128", val_every=2, checkpoint_every=1, val_scenes=1)  # RAFT trains: 128²
     card = train(cfg, tmp_path)
     for name in ("weights.safetensors", "card.json", "history.json", "checkpoint.pt", "match_checkpoint.pt",
                  "raft_checkpoint.pt"):
@@ -193,7 +193,7 @@ def test_stage_two_stream_with_crop_sized_scenes_is_the_whole_scene_recipe():
     data = StageTwoSamples(cfg)
     for step in (0, 5, 31):
         for i, s in enumerate(data.batch(step)):
-            ref = make_sample(step * 3 + i, 128, 4, misalignment=misalignment_at(step, cfg),
+            ref = make_sample(step * 3 + i, cfg.crop, 4, misalignment=misalignment_at(step, cfg),
                               camera_jitter=cfg.camera_jitter)
             assert torch.equal(s.target, ref.target) and torch.equal(s.inputs[2], ref.inputs[2])
 
@@ -252,7 +252,7 @@ def test_window_sample_is_prepared_on_its_own_scale():
 @pytest.mark.parametrize("sizes", ["", "128,x", "96", "64", "128,200"])
 def test_bad_scene_sizes_are_refused(sizes):
     with pytest.raises(ValueError, match="scene_sizes"):
-        StageTwoSamples(TrainConfig(scene_sizes=sizes))
+        StageTwoSamples(TrainConfig(crop=128, scene_sizes=sizes))
 
 
 @pytest.mark.parametrize("field,value", [("match_crop", 130), ("val_size", 0), ("val_size", 130)])
@@ -261,14 +261,52 @@ def test_bad_stage_sizes_are_refused(field, value):
         StageTwoSamples(TrainConfig(**{field: value}))
 
 
-@pytest.mark.parametrize("field,value", [("crop", 96), ("match_crop", 64), ("val_size", 120), ("crop", 132),
-                                         ("misalignment", -0.5), ("misalignment", float("nan"))])
-def test_sizes_the_network_cannot_take_are_refused_before_any_work(tmp_path, field, value):
+@pytest.mark.parametrize("field,value,kw", [
+    ("crop", 96, {"raft_steps": 10}), ("crop", 96, {"flow_weight": 0.02}),  # stage 2 runs RAFT: 128² at least
+    ("crop", 56, {}), ("crop", 132, {}), ("crop", 100, {}),  # RAFT bypassed: 64² and the 8-px grid still hold
+    ("match_crop", 64, {}), ("val_size", 120, {}), ("val_size", 96, {}),  # these stages always run RAFT
+    ("misalignment", -0.5, {}), ("misalignment", float("nan"), {})])
+def test_sizes_the_network_cannot_take_are_refused_before_any_work(tmp_path, field, value, kw):
     # below 128² RAFT's flow is NaN everywhere and the warped photo silently corrupted (what a 96² crop run trained on)
-    kw = {"scene_sizes": str(value)} if field == "crop" else {}
+    if field == "crop":
+        kw = {**kw, "scene_sizes": str(value)}
     with pytest.raises(ValueError, match=f"{field}={value}"):
         train(TrainConfig(**{field: value}, **kw), tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_zero_flow_stand_in_is_exact_and_puts_raft_back():
+    # stage 2 with RAFT fixed at zero flow runs ZeroFlow instead: the same network output to the last bit
+    from sschsr_deploy.train import ZeroFlow, _bypasses_raft, _raft_swapped
+
+    s = make_sample(11, 128, 4, misalignment=1.0)
+    model = _build(TrainConfig()).train()
+    raft = model.flownet
+    with torch.no_grad():
+        real = model(*s.inputs, return_all=True)
+        with _raft_swapped(model, True):
+            assert isinstance(model.flownet, ZeroFlow)
+            stand_in = model(*s.inputs, return_all=True)
+    assert model.flownet is raft
+    assert float(real["flow"].abs().max()) == 0.0 and stand_in["flow"].shape == real["flow"].shape
+    torch.testing.assert_close(stand_in["out"], real["out"], rtol=0, atol=0)
+    with pytest.raises(RuntimeError), _raft_swapped(model, True):  # put back on errors too
+        raise RuntimeError("boom")
+    assert model.flownet is raft and "flownet.fnet.conv1.weight" in model.state_dict()
+    assert _bypasses_raft(TrainConfig()) and not _bypasses_raft(TrainConfig(raft_steps=5))
+    assert not _bypasses_raft(TrainConfig(flow_weight=0.1))
+
+
+def test_small_crops_train_without_raft_and_ship_the_whole_network(tmp_path):
+    # 64² crops (RAFT could not take them): finite losses, and the weights still hold the zeroed RAFT
+    cfg = TrainConfig(match_steps=1, match_batch=1, steps=2, batch=2, crop=64, scene_sizes="64,128", val_scenes=1,
+                      val_every=2)
+    card = train(cfg, tmp_path)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert np.all(np.isfinite(history["loss"])) and np.isfinite(card["validation"]["psnr_model"])
+    model, _ = load_model("tiny", tmp_path / "weights.safetensors")
+    head = model.flownet.update_block.flow_head.conv2
+    assert float(head.weight.abs().max()) == 0.0 and float(model.flownet.fnet.conv1.weight.abs().max()) > 0.0
 
 
 def test_stage_one_and_validation_sizes_are_their_own(tmp_path, monkeypatch):
@@ -283,8 +321,8 @@ def test_stage_one_and_validation_sizes_are_their_own(tmp_path, monkeypatch):
         return real(seed, size, scale, split, **kw)
 
     monkeypatch.setattr(train_mod, "make_sample", spy)
-    cfg = TrainConfig(match_steps=1, match_batch=1, match_crop=136, steps=1, batch=1, val_size=144, val_scenes=1,
-                      val_every=1)
+    cfg = TrainConfig(match_steps=1, match_batch=1, match_crop=136, steps=1, batch=1, crop=128, scene_sizes="128",
+                      val_size=144, val_scenes=1, val_every=1)
     card = train(cfg, tmp_path)
     assert ("test", 144) in drawn and ("train", 136) in drawn and ("test", 128) not in drawn
     assert card["data"]["crop"] == 128 and card["data"]["match_crop"] == 136
