@@ -115,9 +115,10 @@ until the crop was refused: :func:`check_model_sizes`; a 96² crop run once trai
 But RAFT fixed at zero flow needs no computing: stage 2 runs :class:`ZeroFlow` in its place (bit-identical output,
 ``tests/test_train.py``), which takes any crop, so stage-2 crops may go down to ``MIN_CROP_WITHOUT_RAFT`` (64²; stage 1
 and validation run the real RAFT and keep their own sizes, ``match_crop`` and ``val_size``, 128). A 64² step (batch
-4) costs 0.43 s against 1.63 s at 128² on this CPU (both with ZeroFlow and the data; RAFT itself is only ~3% of a
-128² step: the full-resolution decoder is ~75% of the forward), so a run makes 3.8x the updates on as many distinct
-scenes per hour. Measured at equal wall time (10.6 min of stage 2, stage 1 of the shipped run reused): 1450 steps of
+4) costs 0.43 s against 1.63 s at 128² on this CPU (both with ZeroFlow and the data), so a run makes 3.8x the
+updates on as many distinct scenes per hour; per pixel it costs the same (``benchmarks/bench_train_step.py``: the
+64² step 3.9x cheaper than the 128² step with RAFT run, ZeroFlow alone 1.13x at 128²; the full-resolution decoder is
+~75% of the forward, RAFT's forward ~50 ms of a 1.4 s step). Measured at equal wall time (10.6 min of stage 2, stage 1 of the shipped run reused): 1450 steps of
 64² crops validate at 27.50 dB, above the whole 57-min shipped run (26.92), and gain +2.11 dB on the quality table's
 twelve 384² scenes (whole image; the v6 weights: +2.02). The shipped v7 run (6000 steps of 64² crops, stage 1
 included, 43.3 min on this CPU) validates at 28.46 dB (v6: 26.92) and gains +2.67 ± 0.44 dB on those twelve scenes
