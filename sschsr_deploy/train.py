@@ -124,7 +124,10 @@ twelve 384² scenes (whole image; the v6 weights: +2.02). The shipped v7 run (60
 included, 43.3 min on this CPU) validates at 28.46 dB (v6: 26.92) and gains +2.67 ± 0.44 dB on those twelve scenes
 (v6: +2.02), +2.74 with the photo without misalignment, +2.43 with another scene's photo: it uses the photo more than
 v6 did (a mismatched photo costs 0.24 dB instead of 0.10). Its validation is still creeping up at the end
-(28.36 dB at step 3800, 28.46 at 6000).
+(28.36 dB at step 3800, 28.46 at 6000). At x8 (not retrained yet: the shipped x8 weights are v6's recipe) a 10.6-min
+pilot of 64² crops (1450 steps, the x8 stage 1 reused) gains +1.46 dB on the quality table's twelve scenes at x8
+where the whole 57-min x8 run gains +1.49, and leans on the photo more (another scene's photo: +0.99 vs +1.16), so a
+full 64² run at x8 is the next x8 candidate.
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
