@@ -127,7 +127,10 @@ v6 did (a mismatched photo costs 0.24 dB instead of 0.10). Its validation is sti
 (28.36 dB at step 3800, 28.46 at 6000). At x8 (not retrained yet: the shipped x8 weights are v6's recipe) a 10.6-min
 pilot of 64² crops (1450 steps, the x8 stage 1 reused) gains +1.46 dB on the quality table's twelve scenes at x8
 where the whole 57-min x8 run gains +1.49, and leans on the photo more (another scene's photo: +0.99 vs +1.16), so a
-full 64² run at x8 is the next x8 candidate.
+full 64² run at x8 is the next x8 candidate. Two cautions from a second x4 pilot (the same 1450 steps, stage 1 taken
+from the v7 run instead of v6's, 0.817 vs 0.811 of the validation patches matched): it gains +1.87 dB instead of +2.11,
+so short pilots differ by ~0.25 dB on the stage-1 weights alone; and an exponential moving average of its weights
+(decay 0.995, the usual SR trick) gains +1.84, no better, at this length (not in the recipe).
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
