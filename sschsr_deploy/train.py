@@ -113,24 +113,25 @@ Smaller crops (the recipe since the v7 weights). The network needs 128² (``MIN_
 correlation level is degenerate and its flow NaN, which training, skipping the model's input checks, did not notice
 until the crop was refused: :func:`check_model_sizes`; a 96² crop run once trained on the corrupted photo that way).
 But RAFT fixed at zero flow needs no computing: stage 2 runs :class:`ZeroFlow` in its place (bit-identical output,
-``tests/test_train.py``), which takes any crop, so stage-2 crops may go down to ``MIN_CROP_WITHOUT_RAFT`` (64²; stage 1
-and validation run the real RAFT and keep their own sizes, ``match_crop`` and ``val_size``, 128). A 64² step (batch
-4) costs 0.43 s against 1.63 s at 128² on this CPU (both with ZeroFlow and the data), so a run makes 3.8x the
+``tests/test_train.py``), which takes any crop, so stage-2 crops may go down to ``MIN_CROP_WITHOUT_RAFT`` (64²;
+stage 1 and validation run the real RAFT and keep their own sizes, ``match_crop`` and ``val_size``, 128). A 64² step
+(batch 4) costs 0.43 s against 1.63 s at 128² on this CPU (both with ZeroFlow and the data), so a run makes 3.8x the
 updates on as many distinct scenes per hour; per pixel it costs the same (``benchmarks/bench_train_step.py``: the
 64² step 3.9x cheaper than the 128² step with RAFT run, ZeroFlow alone 1.13x at 128²; the full-resolution decoder is
-~75% of the forward, RAFT's forward ~50 ms of a 1.4 s step). Measured at equal wall time (10.6 min of stage 2, stage 1 of the shipped run reused): 1450 steps of
-64² crops validate at 27.50 dB, above the whole 57-min shipped run (26.92), and gain +2.11 dB on the quality table's
-twelve 384² scenes (whole image; the v6 weights: +2.02). The shipped v7 run (6000 steps of 64² crops, stage 1
-included, 43.3 min on this CPU) validates at 28.46 dB (v6: 26.92) and gains +2.67 ± 0.44 dB on those twelve scenes
-(v6: +2.02), +2.74 with the photo without misalignment, +2.43 with another scene's photo: it uses the photo more than
-v6 did (a mismatched photo costs 0.24 dB instead of 0.10). Its validation is still creeping up at the end
-(28.36 dB at step 3800, 28.46 at 6000). At x8 (not retrained yet: the shipped x8 weights are v6's recipe) a 10.6-min
-pilot of 64² crops (1450 steps, the x8 stage 1 reused) gains +1.46 dB on the quality table's twelve scenes at x8
-where the whole 57-min x8 run gains +1.49, and leans on the photo more (another scene's photo: +0.99 vs +1.16), so a
-full 64² run at x8 is the next x8 candidate. Two cautions from a second x4 pilot (the same 1450 steps, stage 1 taken
-from the v7 run instead of v6's, 0.817 vs 0.811 of the validation patches matched): it gains +1.87 dB instead of +2.11,
-so short pilots differ by ~0.25 dB on the stage-1 weights alone; and an exponential moving average of its weights
-(decay 0.995, the usual SR trick) gains +1.84, no better, at this length (not in the recipe).
+~75% of the forward, RAFT's forward ~50 ms of a 1.4 s step). Measured at equal wall time (10.6 min of stage 2, stage
+1 of the shipped run reused): 1450 steps of 64² crops validate at 27.50 dB, above the whole 57-min shipped run
+(26.92), and gain +2.11 dB on the quality table's twelve 384² scenes (whole image; the v6 weights: +2.02). The
+shipped v7 run (6000 steps of 64² crops, stage 1 included, 43.3 min on this CPU) validates at 28.46 dB (v6: 26.92)
+and gains +2.67 ± 0.44 dB on those twelve scenes (v6: +2.02), +2.74 with the photo without misalignment, +2.43 with
+another scene's photo: it uses the photo more than v6 did (a mismatched photo costs 0.24 dB instead of 0.10). Its
+validation is still creeping up at the end (28.36 dB at step 3800, 28.46 at 6000). At x8 (not retrained yet: the
+shipped x8 weights are v6's recipe) a 10.6-min pilot of 64² crops (1450 steps, the x8 stage 1 reused) gains +1.46 dB
+on the quality table's twelve scenes at x8 where the whole 57-min x8 run gains +1.49, and leans on the photo more
+(another scene's photo: +0.99 vs +1.16), so a full 64² run at x8 is the next x8 candidate. Two cautions from a
+second x4 pilot (the same 1450 steps, stage 1 taken from the v7 run instead of v6's, 0.817 vs 0.811 of the
+validation patches matched): it gains +1.87 dB instead of +2.11, so short pilots differ by ~0.25 dB on the stage-1
+weights alone; and an exponential moving average of its weights (decay 0.995, the usual SR trick) gains +1.84, no
+better, at this length (not in the recipe).
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
@@ -424,7 +425,7 @@ def _build(cfg: TrainConfig) -> nn.Module:
         p.requires_grad_(True)
     with torch.no_grad():
         model.decoder.res3.output.weight.mul_(0.1)
-        if cfg.flow_weight == 0 and cfg.raft_steps == 0:  # RAFT fixed at zero flow: its update head outputs 0
+        if _bypasses_raft(cfg):  # RAFT fixed at zero flow: its update head outputs 0
             head = model.flownet.update_block.flow_head.conv2
             head.weight.zero_()
             head.bias.zero_()

@@ -14,11 +14,13 @@ run raises instead of silently falling back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -152,30 +154,28 @@ def choose(env_var: str, op: str, device: torch.device, needs_grad: bool) -> str
     return "native"
 
 
-@contextlib.contextmanager
-def float32_island(device: torch.device) -> Iterator[None]:
-    """Autocast off while one of our ops runs (its inputs already cast up by :func:`autocast_float32`).
-
-    Why: the native ops are not autocast-aware and stay float32 under autocast, but the plain-PyTorch and Triton paths
-    are made of ops autocast would lower again (a reference spectral attention returned bfloat16 under CPU autocast,
-    with the native extension absent), so every backend gives the same float32 island this way.
-    """
-    if torch.is_autocast_enabled(device.type):
-        with torch.autocast(device.type, enabled=False):
-            yield
-    else:
-        yield
-
-
-def autocast_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """Under ``torch.autocast`` our ops run as float32 islands: floating inputs are cast up, results stay float32.
+def float32_island(op: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: under ``torch.autocast`` the op runs as a float32 island (floating tensor arguments cast up, autocast
+    off inside, results float32); outside autocast it is called unchanged.
 
     Why: autocast casts the surrounding convolutions to bfloat16/float16, so these ops would otherwise receive mixed
     dtypes (low-precision features, float32 weights). Float32 matches the precision policy of the fp16 ONNX export
     (``engine.onnx.fp16_islands``: deformable sampling, spectral attention and patch matching stay float32) and keeps
-    the patch-matching arg-max stable. Outside autocast the tensors are returned unchanged.
+    the patch-matching arg-max stable. Autocast is switched off inside because only the native kernels ignore it: the
+    plain-PyTorch and Triton paths are made of ops autocast would lower again (the reference spectral attention
+    returned bfloat16 under CPU autocast when the native extension was absent).
     """
-    first = next((t for t in tensors if t is not None), None)
-    if first is None or not torch.is_autocast_enabled(first.device.type):
-        return tensors
-    return tuple(t.float() if t is not None and t.is_floating_point() else t for t in tensors)
+
+    @functools.wraps(op)
+    def island(*args: Any, **kwargs: Any) -> Any:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if first is None or not torch.is_autocast_enabled(first.device.type):
+            return op(*args, **kwargs)
+
+        def up(a: Any) -> Any:
+            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        with torch.autocast(first.device.type, enabled=False):
+            return op(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+
+    return island

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import autocast_float32, choose, define_op, float32_island
+from ._backend import choose, define_op, float32_island
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -201,6 +201,7 @@ def _fake(input, offset, mask, weight, bias, stride, padding, dilation, groups, 
 define_op("modulated_deform_conv2d", SCHEMA, modulated_deform_conv2d_reference, _fake)
 
 
+@float32_island
 def modulated_deform_conv2d(
     input: Tensor,
     offset: Tensor,
@@ -216,14 +217,7 @@ def modulated_deform_conv2d(
     """Modulated deformable convolution as the model calls it: picks native / Triton / reference per call
     (``SSCHSR_DCN_BACKEND`` overrides; see ``ops/_backend.py``). With gradients needed, the reference path is
     :func:`modulated_deform_conv2d_sampled`."""
-    input, offset, mask, weight, bias = autocast_float32(input, offset, mask, weight, bias)
     args = (input, offset, mask, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups, offset_groups)
-    with float32_island(input.device):
-        return _dispatch(args)
-
-
-def _dispatch(args: tuple) -> Tensor:
-    input, offset, mask, weight, bias = args[:5]
     tensors = [t for t in (input, offset, mask, weight, bias) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     backend = choose(ENV_VAR, "modulated_deform_conv2d", input.device, needs_grad)

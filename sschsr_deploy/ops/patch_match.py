@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import autocast_float32, choose, define_op, float32_island
+from ._backend import choose, define_op, float32_island
 
 PIXEL_EPS = 1e-12
 PATCH_EPS = 1e-5
@@ -74,17 +74,12 @@ def _fake(feat, ref_feat, patch_size):
 define_op("patch_match", SCHEMA, patch_match_reference, _fake)
 
 
+@float32_island
 def patch_match(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -> tuple[Tensor, Tensor]:
     """Patch matching as the model calls it (``SSCHSR_PATCH_MATCH_BACKEND`` overrides the automatic choice).
 
     Not differentiable (an arg-max); the similarity is differentiable only through the reference backend.
     """
-    feat, ref_feat = autocast_float32(feat, ref_feat)
-    with float32_island(feat.device):
-        return _dispatch(feat, ref_feat, patch_size)
-
-
-def _dispatch(feat: Tensor, ref_feat: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
     needs_grad = torch.is_grad_enabled() and (feat.requires_grad or ref_feat.requires_grad)
     backend = choose(ENV_VAR, "patch_match", feat.device, needs_grad)
     if backend == "native":

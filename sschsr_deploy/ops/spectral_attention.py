@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import autocast_float32, choose, define_op, float32_island
+from ._backend import choose, define_op, float32_island
 
 L2_EPS = 1e-12
 
@@ -91,14 +91,9 @@ def _needs_grad(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+@float32_island
 def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
     """Spectral attention as the model calls it (``SSCHSR_ATTENTION_BACKEND`` overrides the automatic choice)."""
-    q, k, v, temperature = autocast_float32(q, k, v, temperature)
-    with float32_island(q.device):
-        return _spectral_attention(q, k, v, temperature, heads)
-
-
-def _spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
     backend = choose(ENV_VAR, "spectral_attention", q.device, _needs_grad(q, k, v, temperature))
     if backend == "native":
         return torch.ops.sschsr.spectral_attention(q, k, v, temperature, heads)
@@ -109,14 +104,9 @@ def _spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, he
     return spectral_attention_reference(q, k, v, temperature, heads)
 
 
+@float32_island
 def gram_and_norms(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Partial attention statistics of one tile (see ``gram_and_norms_reference``), fastest backend."""
-    q, k = autocast_float32(q, k)
-    with float32_island(q.device):
-        return _gram_and_norms(q, k, heads)
-
-
-def _gram_and_norms(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     backend = choose(ENV_VAR, "gram_and_norms", q.device, _needs_grad(q, k))
     if backend == "native":
         return torch.ops.sschsr.gram_and_norms(q, k, heads)
