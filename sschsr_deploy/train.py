@@ -6,7 +6,7 @@ illuminants and cameras), turned into model inputs by the deployment preprocessi
 input statistics it will see. The target is the HR cube on the LR cube's min-max scale, which is what the runtime's
 ``output_scale="input"`` undoes.
 
-Up to three stages, as the official model is built (its RAFT is pretrained on optical-flow data and its correspondence
+Up to four stages, the first three as the official model is built (its RAFT is pretrained on optical-flow data and its correspondence
 extractors with a contrastive loss, then the network is trained with them fixed).
 
 (0) Optional (off by default, see below): ``raft_steps`` steps of RAFT alone on
@@ -28,7 +28,8 @@ crop is 64² (see "Smaller crops" below);
 ``flow_weight > 0`` trains RAFT in stage 2 on an L1 to the true flow instead. Stage 2 follows a misalignment
 curriculum (``misalignment_ramp``, default 0.5): the photos' misalignment grows linearly from none to the generator's
 default over the first half of the steps, so the network first learns to use the photo, then to cope with its
-displacement.
+displacement. (3) ``final_steps`` steps of the same on larger whole scenes (``final_crop``², default 500 x 128²), the
+learning rate restarted (see "Final stage" below).
 
 What limits the result (measured on held-out scenes, x4): a global linear map from the photo's high frequencies to
 the cube's lifts bicubic by +7 to +21 dB when the photo is aligned, by +0.2 dB with the generator's misalignment (a few
@@ -133,6 +134,19 @@ validation patches matched): it gains +1.87 dB instead of +2.11, so short pilots
 weights alone; and an exponential moving average of its weights (decay 0.995, the usual SR trick) gains +1.84, no
 better, at this length (not in the recipe).
 
+Final stage (``final_steps``, the recipe since the v8 weights): after stage 2, ``final_steps`` more steps on whole
+``final_crop``² scenes (default 500 x 128², :class:`NetworkSamples`; the seeds continue stage 2's, the misalignment
+is the full default), the learning rate restarted (warm-up to ``final_lr`` = 3e-4, cosine to ``min_lr``), Adam's
+state kept. Why: 64² scenes give the most updates per hour, but their 1/4-resolution level is 16² cells, little
+context for the patch matching and the deformable aggregation to find a photo displaced by a few pixels, and the
+large images the runtime sees have coarser structure. Measured as fine-tunes of the v7 run's final checkpoint (the
+quality table's twelve 384² scenes, whole image, gain over bicubic with the scene's own photo / another scene's
+photo; v7: +2.67 / +2.43 dB): 1500 more 64² steps (lr restarted at 3e-4) +2.69 / +2.47, i.e. more of the same gives
+nothing; 375 steps of 128² scenes (the same pixels) +3.12 / +2.61; 500 steps of 128² +3.19 / +2.63 (higher on every
+one of the twelve scenes than v7, +0.02 to +1.07 dB); 125 steps of 256² (the same pixels) +3.03 / +2.60. The larger
+crops make the network use the photo more (a mismatched photo costs 0.56 dB instead of 0.24). A 128² step costs
+~3.4x a 64² one, so stage 3 adds ~14 min to stage 2's 41 on this CPU.
+
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
 decoder level than the gather reference's).
@@ -148,7 +162,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +182,7 @@ from .preprocess import bicubic_upsample, prepare_inputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageTwoSamples", "TrainConfig", "make_sample", "misalignment_at", "sample_from_scene", "train",
+__all__ = ["NetworkSamples", "StageTwoSamples", "TrainConfig", "make_sample", "misalignment_at", "sample_from_scene", "train",
            "validate"]
 
 VALIDATION_SEED = 1_000_000  # validation scenes: test split, seeds from here (the quality table uses other seeds)
@@ -197,6 +211,10 @@ class TrainConfig:
     crop: int = 64  # below RAFT's 128²: stage 2 runs ZeroFlow in its place (see _bypasses_raft)
     scene_sizes: str = "64"  # stage 2: sizes of the scenes each batch slot cycles through, cut into crop² tiles
     # (comma-separated; a size S gives (S/crop)² samples, one per step; see StageTwoSamples)
+    final_steps: int = 500  # stage 3: steps on whole final_crop² scenes after stage 2 (0: none), LR restarted
+    final_crop: int = 128  # larger than the stage-2 crop: the context of large images (module doc, "Final stage")
+    final_lr: float = 3e-4  # stage 3's peak learning rate (warm-up, then cosine to min_lr)
+    final_warmup: int = 50
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup: int = 20
@@ -349,9 +367,13 @@ def check_model_sizes(cfg: TrainConfig) -> None:
     fixed at zero flow: stage 2 then does not run RAFT at all (:func:`_bypasses_raft`), so its crop only needs
     ``MIN_CROP_WITHOUT_RAFT``. Stage 1 and validation run the real RAFT and keep MIN_SIZE.
     """
-    for name in ("crop", "match_crop", "val_size"):
+    if cfg.final_steps < 0:
+        raise ValueError(f"final_steps={cfg.final_steps} must be >= 0")
+    for name in ("crop", "final_crop", "match_crop", "val_size"):
         v = getattr(cfg, name)
-        least = MIN_CROP_WITHOUT_RAFT if name == "crop" and _bypasses_raft(cfg) else MIN_SIZE
+        if name == "final_crop" and not cfg.final_steps:
+            continue
+        least = MIN_CROP_WITHOUT_RAFT if name in ("crop", "final_crop") and _bypasses_raft(cfg) else MIN_SIZE
         if v < least or v % SIZE_MULTIPLE:
             why = " with RAFT fixed at zero flow" if least != MIN_SIZE else ""
             raise ValueError(f"{name}={v}: the network needs scenes of at least {least}² HR pixels{why}, in "
@@ -395,8 +417,31 @@ def _cosine(step: int, steps: int, peak: float, floor: float, warmup: int) -> fl
 
 
 def _lr_at(step: int, cfg: TrainConfig) -> float:
-    """Stage-2 learning rate."""
-    return _cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup)
+    """Learning rate of network step ``step``: stage 2's schedule, then stage 3's restart (from ``final_lr``)."""
+    if step < cfg.steps:
+        return _cosine(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup)
+    return _cosine(step - cfg.steps, cfg.final_steps, cfg.final_lr, cfg.min_lr, cfg.final_warmup)
+
+
+class NetworkSamples:
+    """The data of the network stages, by step: :class:`StageTwoSamples` for steps below ``cfg.steps``, then whole
+    ``final_crop``² scenes for stage 3 (the same stream with that crop; its seeds ``seed*10_000_000 + step*batch + i``
+    continue after stage 2's, so with the default whole-scene stage 2 no scene is seen twice)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.stage_two = StageTwoSamples(cfg)
+        self.final = (StageTwoSamples(replace(cfg, crop=cfg.final_crop, scene_sizes=str(cfg.final_crop)))
+                      if cfg.final_steps else None)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.steps + self.cfg.final_steps
+
+    def batch(self, step: int) -> list[Sample]:
+        if step < self.cfg.steps or self.final is None:
+            return self.stage_two.batch(step)
+        return self.final.batch(step)
 
 
 def misalignment_at(step: int, cfg: TrainConfig) -> float:
@@ -642,7 +687,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     from .checkpoint import save_safetensors, state_dict_sha256
 
     check_model_sizes(cfg)
-    data = StageTwoSamples(cfg)  # checks the config's scene sizes before any work
+    data = NetworkSamples(cfg)  # checks the config's scene sizes before any work
+    total = data.total_steps
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
@@ -683,7 +729,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     raft_eval = _raft_eval_in_stage2(cfg)
     model.flownet.train(not raft_eval)
     bypass = _bypasses_raft(cfg)
-    for step in range(start, cfg.steps):
+    for step in range(start, total):
         batch = data.batch(step)
         inputs, target, flow_gt, ref_aligned = _collate(batch)
         for g in opt.param_groups:
@@ -706,7 +752,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         history["loss_flow"].append(loss_flow.item())
         history["loss_warp"].append(loss_warp.item())
         done = step + 1
-        if done % cfg.val_every == 0 or done == cfg.steps:
+        if done % cfg.val_every == 0 or done == total:
             v = validate(model, val)
             model.flownet.train(not raft_eval)
             history["val_step"].append(done)
@@ -714,9 +760,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
             history["val_psnr_bicubic"].append(v["psnr_bicubic"])
             rate = (done - start) / (time.perf_counter() - t0)
             log.info("step %d/%d loss %.4f (cube %.4f flow %.3f warp %.4f) val PSNR %.2f dB (bicubic %.2f) "
-                     "%.2f steps/s", done, cfg.steps, loss.item(), loss_cube.item(), loss_flow.item(),
+                     "%.2f steps/s", done, total, loss.item(), loss_cube.item(), loss_flow.item(),
                      loss_warp.item(), v["psnr_model"], v["psnr_bicubic"], rate)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or done == total:
             _save_checkpoint(ckpt, model, opt, done, history)
 
     model.eval()
@@ -727,11 +773,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
         "preset": cfg.preset, "scale": cfg.scale, "bands": 31, "weights_sha256": state_dict_sha256(model),
         "config": asdict(cfg),
         "data": {"generator": "sschsr_deploy.data.make_scene", "split": "train", "crop": cfg.crop,
-                 "match_crop": cfg.match_crop,
-                 "samples": cfg.steps * cfg.batch + cfg.match_steps * cfg.match_batch,
-                 "scene_sizes": data.sizes,
-                 "sample_seeds": f"stage 2: StageTwoSamples.plan (seed*10_000_000 + step*batch + i with whole "
-                                 f"crop² scenes), stage 1: seed*10_000_000 + 5_000_000 + step*match_batch + i "
+                 "final_crop": cfg.final_crop if cfg.final_steps else None, "match_crop": cfg.match_crop,
+                 "samples": total * cfg.batch + cfg.match_steps * cfg.match_batch,
+                 "scene_sizes": data.stage_two.sizes,
+                 "sample_seeds": f"stages 2-3: NetworkSamples (StageTwoSamples.plan: seed*10_000_000 + "
+                                 f"step*batch + i with whole crop² scenes; stage 3 continues the step count), stage 1: seed*10_000_000 + 5_000_000 + step*match_batch + i "
                                  f"(seed={cfg.seed})",
                  "flow_pairs": {"pairs": cfg.raft_steps * cfg.raft_batch, "pool_scenes": cfg.raft_pool,
                                 "generator": "sschsr_deploy.data.flow_pairs.FlowPairPool (aligned train-split scenes "
@@ -747,12 +793,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
     }
     atomic_write_json(out / "card.json", card)
     atomic_write_json(out / "history.json", history)
-    plot_curves(history, out / "curves.png")
+    plot_curves(history, out / "curves.png", final_from=cfg.steps if cfg.final_steps else None)
     return card
 
 
-def plot_curves(history: dict, path: str | Path) -> Path | None:
-    """Training loss and validation PSNR against step (PNG; skipped with a log line if matplotlib is missing)."""
+def plot_curves(history: dict, path: str | Path, final_from: int | None = None) -> Path | None:
+    """Training loss and validation PSNR against step (PNG; skipped with a log line if matplotlib is missing);
+    ``final_from`` marks where stage 3 starts."""
     try:
         import matplotlib
 
@@ -792,10 +839,13 @@ def plot_curves(history: dict, path: str | Path) -> Path | None:
     a.plot(steps[k - 1:], smooth, label=f"cube L1 (mean of {k})")
     a.set_yscale("log")
     a.set_xlabel("step")
-    a.set_title("stage 2: whole-network loss")
+    a.set_title("stage 2: whole-network loss" if final_from is None else "stages 2-3: whole-network loss")
     a.legend()
     b.plot(history["val_step"], history["val_psnr_model"], "o-", label="tiny model")
     b.plot(history["val_step"], history["val_psnr_bicubic"], "--", label="bicubic")
+    if final_from is not None:
+        for ax in (a, b):
+            ax.axvline(final_from, color="grey", linestyle=":", label="stage 3 (larger crops)")
     b.set_xlabel("step")
     b.set_ylabel("PSNR (dB)")
     b.set_title("held-out validation")

@@ -11,6 +11,7 @@ import torch
 from sschsr_deploy.checkpoint import load_safetensors
 from sschsr_deploy.runtime import load_model
 from sschsr_deploy.train import (
+    NetworkSamples,
     StageTwoSamples,
     TrainConfig,
     _build,
@@ -45,9 +46,37 @@ def test_learning_rate_schedule():
     assert lrs[-1] == pytest.approx(1e-5, rel=0.05)
 
 
+def test_final_stage_restarts_the_learning_rate():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-5, final_steps=40, final_lr=3e-4, final_warmup=5)
+    lrs = [_lr_at(i, cfg) for i in range(140)]
+    assert lrs[99] == pytest.approx(1e-5, rel=0.05)  # stage 2 ends where it did without stage 3
+    assert lrs[99] == _lr_at(99, TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr=1e-5, final_steps=0))
+    assert lrs[100] < lrs[104] == pytest.approx(3e-4)  # warm-up to final_lr
+    assert all(a >= b for a, b in zip(lrs[104:], lrs[105:], strict=False))
+    assert lrs[-1] == pytest.approx(1e-5, rel=0.1)
+
+
+def test_final_stage_draws_whole_larger_scenes_after_stage_two():
+    cfg = TrainConfig(batch=2, crop=64, scene_sizes="64", steps=5, final_steps=3, final_crop=128)
+    data = NetworkSamples(cfg)
+    assert data.total_steps == 8
+    assert [s.target.shape[-1] for s in data.batch(4)] == [64, 64]
+    assert [s.target.shape[-1] for s in data.batch(5)] == [128, 128]
+    # stage 3 continues the seed sequence (no scene of stage 2 again) at the full misalignment
+    seeds = {data.stage_two.plan(step, i)[0] for step in range(5) for i in range(2)}
+    final = {data.final.plan(step, i)[0] for step in range(5, 8) for i in range(2)}
+    assert len(final) == 6 and not seeds & final
+    assert misalignment_at(5, cfg) == cfg.misalignment
+    # stage 2 is unchanged by a stage 3 after it
+    plain = NetworkSamples(TrainConfig(batch=2, crop=64, scene_sizes="64", steps=5, final_steps=0))
+    torch.testing.assert_close(plain.batch(3)[1].target, data.batch(3)[1].target, rtol=0, atol=0)
+    assert plain.final is None
+
+
 def test_short_run_writes_weights_card_and_resumes(tmp_path):
     cfg = TrainConfig(raft_steps=2, raft_batch=1, raft_pool=2, match_steps=2, match_batch=1, steps=2, batch=1,
-                      crop=128, scene_sizes="128", val_every=2, checkpoint_every=1, val_scenes=1)  # RAFT trains: 128²
+                      crop=128, scene_sizes="128", val_every=2, checkpoint_every=1, val_scenes=1,
+                      final_steps=0)  # RAFT trains: 128²
     card = train(cfg, tmp_path)
     for name in ("weights.safetensors", "card.json", "history.json", "checkpoint.pt", "match_checkpoint.pt",
                  "raft_checkpoint.pt"):
@@ -265,11 +294,14 @@ def test_bad_stage_sizes_are_refused(field, value):
     ("crop", 96, {"raft_steps": 10}), ("crop", 96, {"flow_weight": 0.02}),  # stage 2 runs RAFT: 128² at least
     ("crop", 56, {}), ("crop", 132, {}), ("crop", 100, {}),  # RAFT bypassed: 64² and the 8-px grid still hold
     ("match_crop", 64, {}), ("val_size", 120, {}), ("val_size", 96, {}),  # these stages always run RAFT
-    ("misalignment", -0.5, {}), ("misalignment", float("nan"), {})])
+    ("misalignment", -0.5, {}), ("misalignment", float("nan"), {}),
+    ("final_crop", 56, {}), ("final_crop", 100, {}), ("final_crop", 96, {"raft_steps": 10, "crop": 128, "scene_sizes": "128"}), ("final_steps", -1, {})])
 def test_sizes_the_network_cannot_take_are_refused_before_any_work(tmp_path, field, value, kw):
     # below 128² RAFT's flow is NaN everywhere and the warped photo silently corrupted (what a 96² crop run trained on)
     if field == "crop":
         kw = {**kw, "scene_sizes": str(value)}
+    if field == "final_crop":
+        kw = {**kw, "final_steps": 1}
     with pytest.raises(ValueError, match=f"{field}={value}"):
         train(TrainConfig(**{field: value}, **kw), tmp_path)
     assert not any(tmp_path.iterdir())
@@ -298,11 +330,14 @@ def test_zero_flow_stand_in_is_exact_and_puts_raft_back():
 
 
 def test_small_crops_train_without_raft_and_ship_the_whole_network(tmp_path):
-    # 64² crops (RAFT could not take them): finite losses, and the weights still hold the zeroed RAFT
+    # 64² crops (RAFT could not take them), then a stage-3 step on 128² scenes: finite losses, and the weights still
+    # hold the zeroed RAFT
     cfg = TrainConfig(match_steps=1, match_batch=1, steps=2, batch=2, crop=64, scene_sizes="64,128", val_scenes=1,
-                      val_every=2)
+                      val_every=2, final_steps=1, final_crop=128)
     card = train(cfg, tmp_path)
     history = json.loads((tmp_path / "history.json").read_text())
+    assert history["step"] == [1, 2, 3] and history["val_step"] == [2, 3]
+    assert card["data"]["samples"] == 3 * 2 + 1 and card["data"]["final_crop"] == 128
     assert np.all(np.isfinite(history["loss"])) and np.isfinite(card["validation"]["psnr_model"])
     model, _ = load_model("tiny", tmp_path / "weights.safetensors")
     head = model.flownet.update_block.flow_head.conv2
@@ -322,7 +357,7 @@ def test_stage_one_and_validation_sizes_are_their_own(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_mod, "make_sample", spy)
     cfg = TrainConfig(match_steps=1, match_batch=1, match_crop=136, steps=1, batch=1, crop=128, scene_sizes="128",
-                      val_size=144, val_scenes=1, val_every=1)
+                      val_size=144, val_scenes=1, val_every=1, final_steps=0)
     card = train(cfg, tmp_path)
     assert ("test", 144) in drawn and ("train", 136) in drawn and ("test", 128) not in drawn
     assert card["data"]["crop"] == 128 and card["data"]["match_crop"] == 136
