@@ -6,8 +6,8 @@ illuminants and cameras), turned into model inputs by the deployment preprocessi
 input statistics it will see. The target is the HR cube on the LR cube's min-max scale, which is what the runtime's
 ``output_scale="input"`` undoes.
 
-Up to four stages, the first three as the official model is built (its RAFT is pretrained on optical-flow data and its correspondence
-extractors with a contrastive loss, then the network is trained with them fixed).
+Up to four stages, the first three as the official model is built (its RAFT is pretrained on optical-flow data and
+its correspondence extractors with a contrastive loss, then the network is trained with them fixed).
 
 (0) Optional (off by default, see below): ``raft_steps`` steps of RAFT alone on
 :class:`sschsr_deploy.data.flow_pairs.FlowPairPool` pairs: the cube's pseudo-RGB and its scene's photo displaced by a
@@ -122,10 +122,11 @@ updates on as many distinct scenes per hour; per pixel it costs the same (``benc
 ~75% of the forward, RAFT's forward ~50 ms of a 1.4 s step). Measured at equal wall time (10.6 min of stage 2, stage
 1 of the shipped run reused): 1450 steps of 64² crops validate at 27.50 dB, above the whole 57-min shipped run
 (26.92), and gain +2.11 dB on the quality table's twelve 384² scenes (whole image; the v6 weights: +2.02). The
-shipped v7 run (6000 steps of 64² crops, stage 1 included, 43.3 min on this CPU) validates at 28.46 dB (v6: 26.92)
-and gains +2.67 ± 0.44 dB on those twelve scenes (v6: +2.02), +2.74 with the photo without misalignment, +2.43 with
-another scene's photo: it uses the photo more than v6 did (a mismatched photo costs 0.24 dB instead of 0.10). Its
-validation is still creeping up at the end (28.36 dB at step 3800, 28.46 at 6000). At x8 (not retrained yet: the
+v7 run (shipped until stage 3 came; 6000 steps of 64² crops, stage 1 included, 43.3 min on this CPU) validates at
+28.46 dB (v6: 26.92) and gains +2.67 ± 0.44 dB on those twelve scenes (v6: +2.02), +2.74 with the photo without
+misalignment, +2.43 with another scene's photo: it uses the photo more than v6 did (a mismatched photo costs 0.24 dB
+instead of 0.10).
+Its validation is still creeping up at the end (28.36 dB at step 3800, 28.46 at 6000). At x8 (not retrained yet: the
 shipped x8 weights are v6's recipe) a 10.6-min pilot of 64² crops (1450 steps, the x8 stage 1 reused) gains +1.46 dB
 on the quality table's twelve scenes at x8 where the whole 57-min x8 run gains +1.49, and leans on the photo more
 (another scene's photo: +0.99 vs +1.16), so a full 64² run at x8 is the next x8 candidate. Two cautions from a
@@ -182,8 +183,8 @@ from .preprocess import bicubic_upsample, prepare_inputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NetworkSamples", "StageTwoSamples", "TrainConfig", "make_sample", "misalignment_at", "sample_from_scene", "train",
-           "validate"]
+__all__ = ["NetworkSamples", "StageTwoSamples", "TrainConfig", "make_sample", "misalignment_at", "sample_from_scene",
+           "train", "validate"]
 
 VALIDATION_SEED = 1_000_000  # validation scenes: test split, seeds from here (the quality table uses other seeds)
 
@@ -777,7 +778,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
                  "samples": total * cfg.batch + cfg.match_steps * cfg.match_batch,
                  "scene_sizes": data.stage_two.sizes,
                  "sample_seeds": f"stages 2-3: NetworkSamples (StageTwoSamples.plan: seed*10_000_000 + "
-                                 f"step*batch + i with whole crop² scenes; stage 3 continues the step count), stage 1: seed*10_000_000 + 5_000_000 + step*match_batch + i "
+                                 f"step*batch + i with whole crop² scenes; stage 3 continues the step count), "
+                                 f"stage 1: seed*10_000_000 + 5_000_000 + step*match_batch + i "
                                  f"(seed={cfg.seed})",
                  "flow_pairs": {"pairs": cfg.raft_steps * cfg.raft_batch, "pool_scenes": cfg.raft_pool,
                                 "generator": "sschsr_deploy.data.flow_pairs.FlowPairPool (aligned train-split scenes "

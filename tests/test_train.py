@@ -295,7 +295,9 @@ def test_bad_stage_sizes_are_refused(field, value):
     ("crop", 56, {}), ("crop", 132, {}), ("crop", 100, {}),  # RAFT bypassed: 64² and the 8-px grid still hold
     ("match_crop", 64, {}), ("val_size", 120, {}), ("val_size", 96, {}),  # these stages always run RAFT
     ("misalignment", -0.5, {}), ("misalignment", float("nan"), {}),
-    ("final_crop", 56, {}), ("final_crop", 100, {}), ("final_crop", 96, {"raft_steps": 10, "crop": 128, "scene_sizes": "128"}), ("final_steps", -1, {})])
+    ("final_crop", 56, {}), ("final_crop", 100, {}),  # stage 3 too: 64² and the 8-px grid without RAFT,
+    ("final_crop", 96, {"raft_steps": 10, "crop": 128, "scene_sizes": "128"}),  # 128² with it
+    ("final_steps", -1, {})])
 def test_sizes_the_network_cannot_take_are_refused_before_any_work(tmp_path, field, value, kw):
     # below 128² RAFT's flow is NaN everywhere and the warped photo silently corrupted (what a 96² crop run trained on)
     if field == "crop":
