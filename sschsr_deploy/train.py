@@ -144,7 +144,7 @@ large images the runtime sees have coarser structure. Measured as fine-tunes of 
 quality table's twelve 384² scenes, whole image, gain over bicubic with the scene's own photo / another scene's
 photo; v7: +2.67 / +2.43 dB): 1500 more 64² steps (lr restarted at 3e-4) +2.69 / +2.47, i.e. more of the same gives
 nothing; 375 steps of 128² scenes (the same pixels) +3.12 / +2.61; 500 steps of 128² +3.19 / +2.63 (higher on every
-one of the twelve scenes than v7, +0.02 to +1.07 dB); 125 steps of 256² (the same pixels) +3.03 / +2.60. The larger
+one of the twelve scenes than v7, +0.09 to +1.27 dB); 125 steps of 256² (the same pixels) +3.03 / +2.60. The larger
 crops make the network use the photo more (a mismatched photo costs 0.56 dB instead of 0.24). A 128² step costs
 ~3.4x a 64² one, so stage 3 adds ~14 min to stage 2's 41 on this CPU.
 
