@@ -146,7 +146,10 @@ photo; v7: +2.67 / +2.43 dB): 1500 more 64² steps (lr restarted at 3e-4) +2.69 
 nothing; 375 steps of 128² scenes (the same pixels) +3.12 / +2.61; 500 steps of 128² +3.19 / +2.63 (higher on every
 one of the twelve scenes than v7, +0.09 to +1.27 dB); 125 steps of 256² (the same pixels) +3.03 / +2.60. The larger
 crops make the network use the photo more (a mismatched photo costs 0.56 dB instead of 0.24). A 128² step costs
-~3.4x a 64² one, so stage 3 adds ~14 min to stage 2's 41 on this CPU.
+~3.4x a 64² one, so stage 3 adds ~14 min to stage 2's 41 on this CPU. At x8 (where a 128² scene's LR cube is 16²),
+fine-tunes of the shipped x8 weights (v6 recipe, 128² crops; +1.49 dB on the twelve scenes at x8, fresh Adam state):
+500 more steps of 128² +1.53, 125 steps of 256² +1.69 (a mismatched photo +1.12 / +1.37), so the x8 candidate is
+64² stage 2 + a 256² stage 3 (not run yet).
 
 Gradients come from the plain-PyTorch reference ops (the op dispatch picks them whenever autograd is needed; the
 deformable convolution takes its ``grid_sample`` formulation there, whose backward is 5x faster at the full-resolution
