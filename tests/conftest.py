@@ -54,6 +54,34 @@ def _deterministic_threads():
     yield
 
 
+def _tf32_flags() -> list[tuple[object, str]]:
+    """(object, attribute) of every torch switch that lets fp32 convolutions / matmuls run in TF32 on a GPU.
+
+    torch >= 2.9 has per-backend ``fp32_precision`` ("ieee" / "tf32"); mixing it with the legacy ``allow_tf32``
+    flags raises, so only the new API is touched where it exists."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision") and hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        return [(cudnn.conv, "fp32_precision"), (cudnn.rnn, "fp32_precision"), (matmul, "fp32_precision")]
+    return [(cudnn, "allow_tf32"), (matmul, "allow_tf32")]
+
+
+def tf32_enabled() -> bool:
+    return any(getattr(obj, name) in (True, "tf32") for obj, name in _tf32_flags())
+
+
+@pytest.fixture(autouse=True)
+def _strict_fp32():
+    """fp32 means fp32 in every test: torch runs cuDNN convolutions in TF32 by default (10-bit mantissa inputs on
+    Ampere and later), far outside the 1e-4 / 1e-3 relative tolerances of the GPU parity tests."""
+    flags = _tf32_flags()
+    saved = [getattr(obj, name) for obj, name in flags]
+    for obj, name in flags:
+        setattr(obj, name, "ieee" if name == "fp32_precision" else False)
+    yield
+    for (obj, name), value in zip(flags, saved, strict=True):
+        setattr(obj, name, value)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that need CUDA or TensorRT skip cleanly where those are absent."""
     import importlib.util

@@ -84,7 +84,32 @@ def test_prepare_for_tensorrt_strips_bodies_and_marks_nodes():
     prepared = g.prepare_for_tensorrt(with_bodies, "stock")
     assert not [f for f in prepared.functions if f.domain == "sschsr"]
     attrs = {a.name for a in prepared.graph.node[0].attribute}
-    assert {"plugin_namespace", "plugin_version", "aot", "heads"} <= attrs
+    assert {"plugin_namespace", "plugin_version", "heads"} <= attrs
+    # SpectralAttention has a JIT implementation only: aot=1 would be a strict AOT request TensorRT refuses
+    assert "aot" not in attrs
+    assert g.check_plugin_nodes(prepared) == []
+
+
+def test_aot_attribute_only_on_plugins_with_an_aot_implementation():
+    """Defect: ``aot=1`` went on every sschsr node; onnx-tensorrt makes it strict AOT, which JIT-only plugins fail."""
+    sa = helper.make_node("SpectralAttention", ["x", "x", "x", "t"], ["y"], name="sa", domain="sschsr", heads=2,
+                          aot=1)  # as an older export / the old rewrite left it
+    pm = helper.make_node("PatchMatch", ["y", "y"], ["i", "s"], name="pm", domain="sschsr", patch_size=3)
+    graph = helper.make_graph([sa, pm], "g", [helper.make_tensor_value_info("x", 1, [1, 4, 8, 8]),
+                                              helper.make_tensor_value_info("t", 1, [2, 1, 1])],
+                              [helper.make_tensor_value_info("i", 7, [1, 6, 6]),
+                               helper.make_tensor_value_info("s", 1, [1, 6, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("sschsr", 1)])
+    problems = g.check_plugin_nodes(model)
+    assert any("'sa'" in p and "aot=1" in p for p in problems)
+    prepared = g.prepare_for_tensorrt(g.attach_functions(_dcn_model(), []), "plugin")
+    dcn = {a.name: helper.get_attribute_value(a) for a in prepared.graph.node[0].attribute}
+    assert dcn["aot"] == 1 and P.AOT_PLUGINS == ("ModulatedDeformConv2d",)
+    fixed = g.prepare_for_tensorrt(model, "stock")
+    assert g.check_plugin_nodes(fixed) == []
+    for node in fixed.graph.node:
+        assert "aot" not in {a.name for a in node.attribute}
+        assert {a.name for a in node.attribute} >= {"plugin_namespace", "plugin_version"}
 
 
 def test_metadata_and_dim_names():
@@ -191,6 +216,7 @@ def test_deform_conv_entry_kernel_is_correct_under_the_interpreter(monkeypatch):
     while not hasattr(body, "__code__"):
         body = body.fn  # Autotuner -> JITFunction / InterpretedFunction -> python function
     monkeypatch.setattr(P, "_DCN_BODY", InterpretedFunction(body))
+    monkeypatch.setattr(P, "_DCN_STRIDES", InterpretedFunction(P._dcn_entry_strides))
     entry = InterpretedFunction(P._dcn_trt_entry)
     torch.manual_seed(0)
     b, c, h, w, o, g = 2, 16, 9, 7, 8, 2
@@ -209,3 +235,30 @@ def test_plugin_hashes_cover_every_plugin():
     assert set(hashes) == {f"sschsr::{op}" for op in P.PLUGIN_OP_TYPES}
     assert all(len(h) == 64 for h in hashes.values())
     assert len(set(hashes.values())) == 3
+
+
+def _strides_probe(out_ptr, C, H, W, Ho, Wo, O, G, K):
+    """Stores the AOT entry's per-sample strides (``P._dcn_entry_strides``) for the interpreter test below."""
+    for i, value in enumerate(_STRIDES(C, H, W, Ho, Wo, O, G, K)):
+        _TL.store(out_ptr + i, value)
+
+
+_STRIDES = _TL = None
+
+
+def test_deform_conv_entry_strides_do_not_wrap_in_int32(monkeypatch):
+    """Defect: the AOT entry computed C·H·W, 2·G·K·Ho·Wo, O·Ho·Wo as int32 products of TensorRT's int32 scalars, so a
+    large layer wrapped round and read the wrong memory. The strides are int64: checked under the interpreter with
+    extents past 2**31 (no tensor that large is allocated; only the arithmetic runs)."""
+    pytest.importorskip("triton")
+    import torch
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    monkeypatch.setitem(globals(), "_STRIDES", InterpretedFunction(P._dcn_entry_strides))
+    monkeypatch.setitem(globals(), "_TL", tl)
+    c, h, w, ho, wo, o, g, k = 256, 3000, 3000, 3000, 3000, 64, 8, 9
+    out = torch.zeros(6, dtype=torch.int64)
+    InterpretedFunction(_strides_probe)[(1,)](out, c, h, w, ho, wo, o, g, k)
+    want = [c * h * w, h * w, 2 * g * k * ho * wo, g * k * ho * wo, o * ho * wo, ho * wo]
+    assert max(want) > 2**31 and out.tolist() == want

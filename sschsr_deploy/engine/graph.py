@@ -7,7 +7,13 @@ The deformable convolution has two TensorRT paths:
 - ``"plugin"``: each ``DeformConv`` becomes an ``sschsr::ModulatedDeformConv2d`` node with the torch op's input order
   (input, offset, mask, weight, bias) and attributes (``stride``, ``padding``, ``dilation``, ``groups``,
   ``offset_groups``), plus ``plugin_namespace="sschsr"``, ``plugin_version="1"`` and ``aot=1`` — the attributes
-  TensorRT's ONNX parser reads to hand a node to a Python (QDP) plugin and to prefer its AOT implementation.
+  TensorRT's ONNX parser reads to hand a node to a Python (QDP) plugin and to use its AOT implementation.
+
+``aot`` is not a preference: onnx-tensorrt turns ``aot=1`` into a *strict* AOT request (``aot=0`` into strict JIT),
+and TensorRT then refuses a plugin without that implementation. So ``aot=1`` goes only on ops listed in
+:data:`sschsr_deploy.engine.plugins.AOT_PLUGINS`; the JIT-only ops (SpectralAttention, PatchMatch) carry no ``aot``
+attribute, which leaves the choice to TensorRT (their only implementation is JIT). :func:`check_plugin_nodes` checks a
+prepared graph for exactly that before it goes to the parser.
 
 :func:`use_deform_conv` switches between the two (both directions); :func:`prepare_for_tensorrt` applies the choice
 and removes any ``sschsr`` function bodies so that the parser sends our custom nodes to the plugins.
@@ -27,8 +33,10 @@ __all__ = [
     "DCN_PLUGIN_OP",
     "PLUGIN_NODE_ATTRS",
     "attach_functions",
+    "check_plugin_nodes",
     "custom_nodes",
     "op_counts",
+    "plugin_node_attrs",
     "prepare_for_tensorrt",
     "rename_dynamic_dims",
     "set_metadata",
@@ -39,6 +47,23 @@ __all__ = [
 CUSTOM_DOMAIN = "sschsr"
 DCN_PLUGIN_OP = "ModulatedDeformConv2d"
 PLUGIN_NODE_ATTRS = ("plugin_namespace", "plugin_version", "aot")  # read by the parser, not by the plugin
+PLUGIN_VERSION = "1"
+
+
+def _plugin_tables() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every plugin op, the ops with an AOT implementation), from the plugin module: one list, kept there."""
+    from .plugins import AOT_PLUGINS, PLUGIN_OP_TYPES
+
+    return PLUGIN_OP_TYPES, AOT_PLUGINS
+
+
+def plugin_node_attrs(op_type: str) -> dict[str, object]:
+    """The parser-facing attributes of an ``sschsr`` node: namespace, version and ``aot=1`` only for AOT plugins."""
+    _, aot_ops = _plugin_tables()
+    attrs: dict[str, object] = {"plugin_namespace": CUSTOM_DOMAIN, "plugin_version": PLUGIN_VERSION}
+    if op_type in aot_ops:
+        attrs["aot"] = 1
+    return attrs
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -116,7 +141,7 @@ def _deform_to_plugin(node: onnx.NodeProto) -> onnx.NodeProto:
         DCN_PLUGIN_OP, [x, offset, mask, w, bias], list(node.output), name=node.name or None, domain=CUSTOM_DOMAIN,
         stride=_ints(node, "strides", [1, 1]), padding=[pads[0], pads[1]], dilation=_ints(node, "dilations", [1, 1]),
         groups=_int(node, "group", 1), offset_groups=_int(node, "offset_group", 1),
-        plugin_namespace=CUSTOM_DOMAIN, plugin_version="1", aot=1,
+        **plugin_node_attrs(DCN_PLUGIN_OP),
     )
 
 
@@ -183,16 +208,37 @@ def attach_functions(model: onnx.ModelProto, functions: Iterable[onnx.FunctionPr
 
 def prepare_for_tensorrt(model: onnx.ModelProto, deform_conv: str = "stock") -> onnx.ModelProto:
     """The graph TensorRT should parse: deformable convs as ``deform_conv`` (``"stock"``/``"plugin"``), no ``sschsr``
-    function bodies, and ``plugin_namespace``/``plugin_version``/``aot`` on every ``sschsr`` node."""
+    function bodies, and on every ``sschsr`` node the parser attributes of :func:`plugin_node_attrs` (any ``aot``
+    already there is replaced: an older export put ``aot=1`` on every node). Checked by :func:`check_plugin_nodes`."""
     out = strip_functions(use_deform_conv(model, deform_conv))
     for n in out.graph.node:
         if n.domain != CUSTOM_DOMAIN:
             continue
-        names = {a.name for a in n.attribute}
-        if "plugin_namespace" not in names:
-            n.attribute.append(helper.make_attribute("plugin_namespace", CUSTOM_DOMAIN))
-        if "plugin_version" not in names:
-            n.attribute.append(helper.make_attribute("plugin_version", "1"))
-        if "aot" not in names:
-            n.attribute.append(helper.make_attribute("aot", 1))
+        keep = [a for a in n.attribute if a.name not in PLUGIN_NODE_ATTRS]
+        del n.attribute[:]
+        n.attribute.extend(keep)
+        n.attribute.extend(helper.make_attribute(k, v) for k, v in plugin_node_attrs(n.op_type).items())
+    problems = check_plugin_nodes(out)
+    if problems:
+        raise ValueError("graph prepared for TensorRT is inconsistent:\n" + "\n".join(problems))
     return out
+
+
+def check_plugin_nodes(model: onnx.ModelProto) -> list[str]:
+    """What TensorRT's parser would refuse in our ``sschsr`` nodes (empty when fine): an op without a plugin, a
+    wrong namespace / version, ``aot=1`` on an op without an AOT implementation (strict AOT fails the build)."""
+    ops, aot_ops = _plugin_tables()
+    problems = []
+    for n in custom_nodes(model):
+        label = f"{n.op_type} node {n.name!r}"
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type not in ops:
+            problems.append(f"{label}: no sschsr plugin implements {n.op_type}")
+            continue
+        if attrs.get("plugin_namespace") != CUSTOM_DOMAIN.encode():
+            problems.append(f"{label}: plugin_namespace must be {CUSTOM_DOMAIN!r}")
+        if attrs.get("plugin_version") != PLUGIN_VERSION.encode():
+            problems.append(f"{label}: plugin_version must be {PLUGIN_VERSION!r}")
+        if attrs.get("aot") == 1 and n.op_type not in aot_ops:
+            problems.append(f"{label}: aot=1 requests a strict AOT implementation, but {n.op_type} has JIT only")
+    return problems

@@ -32,11 +32,21 @@ against the documented ``tensorrt.plugin`` API of TensorRT ≥ 10.9: ``register`
 (:func:`deform_conv_output_shape`, :func:`spectral_attention_output_shape`, :func:`patch_match_output_shapes`,
 :func:`output_dtypes`, :func:`deform_conv_launch`) that work on ints and on TensorRT's symbolic expressions alike, and
 the AOT compilation (:func:`compile_deform_conv_ptx`, Triton → PTX for a given compute capability, no GPU needed) is
-tested here without TensorRT.
+tested here without TensorRT. The registrations themselves run in CI against ``tests/trt_standin.py``, a stand-in of
+the documented ``tensorrt.plugin`` contract with TensorRT's validation (see ``tests/test_trt_plugin_contract.py``).
+
+What ``tensorrt.plugin`` demands of this file, each a bug once:
+
+- **no** ``from __future__ import annotations``: TensorRT checks ``issubclass(param.annotation, TensorDesc)`` on the raw
+  signature, and a string annotation raises ``TypeError`` at the first registration;
+- every ``aot_impl`` has its return annotation (``Tuple[Union[str, bytes], Union[str, bytes], KernelLaunchParams,
+  SymIntExprs]``) and takes every attribute in registration order (TensorRT passes all of them, positionally);
+- shape expressions have no ``__int__``: constants are read with :func:`_static` (``is_constant`` /
+  ``constant_value()``), and the register functions also run once with *fake* expressions (dtypes only);
+- expressions support ``+ - * //`` with the int on the right only; extra AOT arguments are ``SymInt32``.
 """
 
-from __future__ import annotations
-
+import contextlib
 import hashlib
 import re
 from collections.abc import Sequence
@@ -71,6 +81,22 @@ DCN_NUM_STAGES = 1  # keeps shared memory at 16 KiB (fp32): under the 48 KiB a l
 # ---------------------------------------------------------------------------------------------------------------------
 # shape / type logic (plain functions: ints here, TensorRT shape expressions inside the plugin descriptors)
 
+def _static(value, what: str, required: bool = True) -> int | None:
+    """An int from an int or a TensorRT shape expression that is a build-time constant; ``None`` for TensorRT's fake
+    expressions (its first pass over a register function, which only reads dtypes) and, unless ``required``, for a
+    dynamic one. ``ShapeExpr`` has no ``__int__``: its documented accessors are ``is_fake``, ``is_constant`` and
+    ``constant_value()``."""
+    if not hasattr(type(value), "is_constant"):  # on the class: reading the property of a fake expression raises
+        return int(value)
+    if value.is_fake:
+        return None
+    if not value.is_constant:
+        if required:
+            raise ValueError(f"{what} must be a build-time constant (a weight dimension), got a dynamic one")
+        return None
+    return int(value.constant_value())
+
+
 def _out_extent(size, pad: int, dil: int, k: int, stride: int):
     """Conv output extent; avoids division when stride is 1 (the symbolic case TensorRT must evaluate)."""
     span = dil * (k - 1) + 1
@@ -84,7 +110,9 @@ def deform_conv_output_shape(input_shape: Sequence, weight_shape: Sequence, stri
     """(B, O, Ho, Wo) of a modulated deformable conv with input (B, C, H, W) and weight (O, C/groups, kh, kw)."""
     b, _, h, w = input_shape
     o, _, kh, kw = weight_shape
-    kh, kw = int(kh), int(kw)
+    kh, kw = _static(kh, "the kernel height"), _static(kw, "the kernel width")
+    if kh is None or kw is None:  # TensorRT's fake pass: only the dtypes are read
+        return (b, o, h, w)
     ho = _out_extent(h, int(padding[0]), int(dilation[0]), kh, int(stride[0]))
     wo = _out_extent(w, int(padding[1]), int(dilation[1]), kw, int(stride[1]))
     return (b, o, ho, wo)
@@ -92,8 +120,8 @@ def deform_conv_output_shape(input_shape: Sequence, weight_shape: Sequence, stri
 
 def spectral_attention_output_shape(q_shape: Sequence, heads: int) -> tuple:
     """Spectral attention keeps q's shape; channels must split evenly over the heads (checked when constant)."""
-    c = q_shape[1]
-    if isinstance(c, int) and c % int(heads):
+    c = _static(q_shape[1], "the channel count", required=False)
+    if c is not None and c % int(heads):
         raise ValueError(f"spectral attention: {c} channels are not divisible by {heads} heads")
     return tuple(q_shape)
 
@@ -215,8 +243,17 @@ except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
     triton = None
 
 _DCN_BODY = None  # the @triton.jit body of kernels/triton/deform_conv.py, bound on first compile
+_DCN_STRIDES = None  # _dcn_entry_strides as a JITFunction, bound on first compile
 
 if triton is not None:
+
+    def _dcn_entry_strides(C, H, W, Ho, Wo, O, OFFSET_GROUPS: tl.constexpr, K: tl.constexpr):
+        """Per-sample strides of the contiguous input, offset, mask and output, and the output pixel count, in int64:
+        (C·H·W, H·W, 2·G·K·Ho·Wo, G·K·Ho·Wo, O·Ho·Wo, Ho·Wo). Bound as ``_DCN_STRIDES`` (a ``JITFunction``) on the
+        first compile, like the body."""
+        hw = H.to(tl.int64) * W
+        npix = Ho.to(tl.int64) * Wo
+        return C * hw, hw, (2 * OFFSET_GROUPS * K) * npix, (OFFSET_GROUPS * K) * npix, O * npix, npix
 
     def _dcn_trt_entry(
         x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr,  # TensorRT passes the input pointers first,
@@ -226,19 +263,21 @@ if triton is not None:
         PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, GROUPS: tl.constexpr, OFFSET_GROUPS: tl.constexpr,
         DOT_PRECISION: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        # TensorRT's linear format: contiguous NCHW tensors, so every stride follows from the shapes
+        # TensorRT's linear format: contiguous NCHW tensors, so every stride follows from the shapes. The strides are
+        # products of the int32 scalars: computed in int64 (a 64×512×512 feature map already has 2**24 elements per
+        # channel group; C·H·W or 2·G·K·Ho·Wo pass 2**31 long before memory runs out), so no product wraps.
         Cg = C // GROUPS
         Og = O // GROUPS
         K = KH * KW
-        npix = Ho * Wo
+        x_sb, x_sc, o_sb, m_sb, y_sb, npix = _DCN_STRIDES(C, H, W, Ho, Wo, O, OFFSET_GROUPS, K)
         _DCN_BODY(
             x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr,
             H, W, Wo, npix, GROUPS, Og, Cg, Cg * K, C // OFFSET_GROUPS,
-            C * H * W, H * W, W, 1,
-            2 * OFFSET_GROUPS * K * npix, npix, Wo, 1,
-            OFFSET_GROUPS * K * npix, npix, Wo, 1,
+            x_sb, x_sc, W, 1,
+            o_sb, npix, Wo, 1,
+            m_sb, npix, Wo, 1,
             Cg * K, K, KW, 1,
-            O * npix, npix, Wo, 1,
+            y_sb, npix, Wo, 1,
             SH, SW, PH, PW, DH, DW,
             KH, KW, True, True, DOT_PRECISION, BLOCK_P, BLOCK_O, BLOCK_K,
         )
@@ -262,13 +301,14 @@ _ENTRY_CACHE: dict = {}
 
 def _dcn_entry():
     """The DCN entry kernel in TensorRT's argument order, with the Triton DCN body bound."""
-    global _DCN_BODY
+    global _DCN_BODY, _DCN_STRIDES
     if triton is None:
         raise RuntimeError("triton is not installed: the AOT plugin kernels cannot be compiled")
     if "dcn" not in _ENTRY_CACHE:
         from ..kernels.triton.deform_conv import _deform_conv2d_kernel
 
         _DCN_BODY = _as_jit(_deform_conv2d_kernel)
+        _DCN_STRIDES = _as_jit(_dcn_entry_strides)
         _ENTRY_CACHE["dcn"] = _as_jit(_dcn_trt_entry)
     return _ENTRY_CACHE["dcn"]
 
@@ -345,6 +385,32 @@ def plugin_hashes() -> dict[str, str]:
 _REGISTERED = False
 
 
+def _torch_views(*tensors) -> list:
+    """Torch tensors over TensorRT's buffers, where the buffers are: ``torch.as_tensor`` without ``device=`` keeps the
+    device of the pointer (``device="cuda"`` would copy a ``cuda:1`` buffer to the current device, and the outputs
+    written into that copy would be lost). Refuses a view that is a copy."""
+    import torch
+
+    views = [torch.as_tensor(t) for t in tensors]
+    for t, v in zip(tensors, views, strict=True):
+        if v.data_ptr() != int(t.data_ptr):
+            raise RuntimeError("a TensorRT plugin buffer was copied instead of viewed; the output would be lost")
+    return views
+
+
+@contextlib.contextmanager
+def _on_stream(device, stream: int):
+    """Make the buffers' GPU current and TensorRT's stream torch's current stream, so the Triton launches (which go
+    to the current device and stream) run where TensorRT expects; nothing to switch for CPU buffers (tests)."""
+    import torch
+
+    if device.type != "cuda":
+        yield
+        return
+    with torch.cuda.device(device), torch.cuda.stream(torch.cuda.ExternalStream(stream, device=device)):
+        yield
+
+
 def register_plugins(compute_capability: int | None = None) -> list[str]:
     """Register the ``sschsr`` plugins with ``tensorrt.plugin`` (idempotent). Returns the plugin ids.
 
@@ -355,6 +421,8 @@ def register_plugins(compute_capability: int | None = None) -> list[str]:
     ids = [f"{PLUGIN_NAMESPACE}::{op}" for op in PLUGIN_OP_TYPES]
     if _REGISTERED:
         return ids
+    from typing import Tuple, Union  # noqa: UP035 - TensorRT's validation is written against these forms
+
     import numpy as np
     import numpy.typing as npt
     import tensorrt as trt
@@ -393,14 +461,16 @@ def register_plugins(compute_capability: int | None = None) -> list[str]:
     def _dcn_aot(input: trtp.TensorDesc, offset: trtp.TensorDesc, mask: trtp.TensorDesc, weight: trtp.TensorDesc,
                  bias: trtp.TensorDesc, stride: npt.NDArray[np.int32], padding: npt.NDArray[np.int32],
                  dilation: npt.NDArray[np.int32], groups: int, offset_groups: int,
-                 outputs: tuple[trtp.TensorDesc], tactic: int):
+                 outputs: Tuple[trtp.TensorDesc], tactic: int,  # noqa: UP006
+                 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:  # noqa: UP006,UP007
         w = weight.shape_expr
         kernel = compile_deform_conv_ptx(
-            dtype_name(input.dtype), (w[2].constant_value(), w[3].constant_value()), tuple(int(s) for s in stride),
-            tuple(int(p) for p in padding), tuple(int(d) for d in dilation), int(groups), int(offset_groups), cc(),
+            dtype_name(input.dtype), (_static(w[2], "the kernel height"), _static(w[3], "the kernel width")),
+            tuple(int(s) for s in stride), tuple(int(p) for p in padding), tuple(int(d) for d in dilation),
+            int(groups), int(offset_groups), cc(),
         )
-        launch = deform_conv_launch(tuple(input.shape_expr), (w[0].constant_value(),), tuple(outputs[0].shape_expr),
-                                    int(groups), kernel.num_warps, kernel.shared_mem)
+        launch = deform_conv_launch(tuple(input.shape_expr), (_static(w[0], "the output channels"),),
+                                    tuple(outputs[0].shape_expr), int(groups), kernel.num_warps, kernel.shared_mem)
         params = trtp.KernelLaunchParams()
         params.grid_x, params.grid_y, params.grid_z = launch.grid
         params.block_x = launch.block_x
@@ -413,11 +483,11 @@ def register_plugins(compute_capability: int | None = None) -> list[str]:
                   stream) -> None:
         from ..kernels.triton import deform_conv2d_triton
 
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            t = [torch.as_tensor(x, device="cuda") for x in (input, offset, mask, weight, bias)]
-            y = deform_conv2d_triton(*t, tuple(int(s) for s in stride), tuple(int(p) for p in padding),
+        t = _torch_views(input, offset, mask, weight, bias, *outputs)
+        with _on_stream(t[0].device, stream):
+            y = deform_conv2d_triton(*t[:5], tuple(int(s) for s in stride), tuple(int(p) for p in padding),
                                      tuple(int(d) for d in dilation), int(groups), int(offset_groups))
-            torch.as_tensor(outputs[0], device="cuda").copy_(y)
+            t[5].copy_(y)
 
     # ---- SpectralAttention (JIT) ------------------------------------------------------------------------------------
     sa_id = f"{PLUGIN_NAMESPACE}::SpectralAttention"
@@ -437,9 +507,9 @@ def register_plugins(compute_capability: int | None = None) -> list[str]:
     def _sa_impl(q, k, v, temperature, heads, outputs, stream) -> None:
         from ..kernels.triton import spectral_attention_triton
 
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            t = [torch.as_tensor(x, device="cuda") for x in (q, k, v, temperature)]
-            torch.as_tensor(outputs[0], device="cuda").copy_(spectral_attention_triton(*t, int(heads)))
+        t = _torch_views(q, k, v, temperature, *outputs)
+        with _on_stream(t[0].device, stream):
+            t[4].copy_(spectral_attention_triton(*t[:4], int(heads)))
 
     # ---- PatchMatch (JIT) -------------------------------------------------------------------------------------------
     pm_id = f"{PLUGIN_NAMESPACE}::PatchMatch"
@@ -460,11 +530,11 @@ def register_plugins(compute_capability: int | None = None) -> list[str]:
     def _pm_impl(feat, ref_feat, patch_size, outputs, stream) -> None:
         from ..kernels.triton import patch_match_triton
 
-        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            f, r = (torch.as_tensor(x, device="cuda") for x in (feat, ref_feat))
+        f, r, idx_out, sim_out = _torch_views(feat, ref_feat, *outputs)
+        with _on_stream(f.device, stream):
             idx, sim = patch_match_triton(f, r, int(patch_size))
-            torch.as_tensor(outputs[0], device="cuda").copy_(idx)
-            torch.as_tensor(outputs[1], device="cuda").copy_(sim)
+            idx_out.copy_(idx)
+            sim_out.copy_(sim)
 
     _REGISTERED = True
     return ids

@@ -65,8 +65,11 @@ class SystemInfo:
     plugins: Mapping[str, str] = field(default_factory=dict)  # plugin name -> sha256 of the code that would run
 
     @classmethod
-    def current(cls, plugins: Mapping[str, str] | None = None, device: int = 0) -> SystemInfo:
-        """The running system (needs TensorRT and a CUDA device; raises ``EngineCompatibilityError`` otherwise)."""
+    def current(cls, plugins: Mapping[str, str] | None = None, device: int | None = None) -> SystemInfo:
+        """The running system (needs TensorRT and a CUDA device; raises ``EngineCompatibilityError`` otherwise).
+
+        ``device``: the GPU the engine is for; default the current CUDA device (what TensorRT builds and
+        deserializes on), not device 0."""
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -75,6 +78,8 @@ class SystemInfo:
 
         if not torch.cuda.is_available():
             raise EngineCompatibilityError("no CUDA device: a TensorRT engine cannot run here")
+        if device is None:
+            device = torch.cuda.current_device()
         major, minor = torch.cuda.get_device_capability(device)
         return cls(trt.__version__, torch.cuda.get_device_name(device), f"{major}.{minor}", dict(plugins or {}))
 

@@ -52,9 +52,11 @@ __all__ = [
     "TensorRTUnavailableError",
     "build_engine",
     "engine_parity",
+    "init_stock_plugins",
     "load_engine",
     "profile_shapes",
     "require_tensorrt",
+    "set_input_shapes",
     "tensorrt_available",
 ]
 
@@ -162,6 +164,34 @@ def _logger(trt, verbose: bool):
     return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
+def init_stock_plugins(trt, logger) -> None:
+    """Register TensorRT's own plugin library (``libnvinfer_plugin``) with the plugin registry.
+
+    The stock ``DeformConv`` import builds TensorRT's ``ModulatedDeformConv2d`` plugin from the registry, and an
+    engine containing it deserializes only when the library's creators are registered: without this call both fail
+    (the default ``deform_conv="stock"`` path included). Idempotent in TensorRT.
+    """
+    if not trt.init_libnvinfer_plugins(logger, ""):
+        raise EngineBuildError("TensorRT could not initialise its plugin library (init_libnvinfer_plugins failed)")
+
+
+def set_input_shapes(engine, context, shapes: Mapping[str, Sequence[int]], source: str, profile: int = 0) -> None:
+    """``context.set_input_shape`` for every input, refusing a shape outside the optimisation profile at once.
+
+    TensorRT reports an out-of-profile shape only through ``set_input_shape``'s return value; ignored, it surfaces
+    later as a confusing shape error (or none). The message names the profile's bounds.
+    """
+    from ..errors import InputValidationError
+
+    for name, shape in shapes.items():
+        if not context.set_input_shape(name, tuple(int(d) for d in shape)):
+            lo, _, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(name, profile))
+            raise InputValidationError(
+                f"{source}: input {name!r} of shape {tuple(shape)} is outside the engine's optimisation profile "
+                f"{profile} (min {lo}, max {hi}); use a batch / tile within those bounds or rebuild the engine"
+            )
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike,
@@ -172,13 +202,16 @@ def build_engine(
     timing_cache: str | os.PathLike | None = None,
     deform_conv: str = "stock",
     builder_optimization_level: int | None = None,
+    tf32: bool = False,
     verbose: bool = False,
 ) -> BuildResult:
     """Build a TensorRT engine from an exported ONNX file; writes ``engine_path`` and ``engine_path.json``.
 
     ``batch_profiles``: one (min, opt, max) per optimisation profile; default one profile (min, max, max) from the
     ONNX metadata's ``batch_min``/``batch_max``. ``deform_conv``: ``"stock"`` (TensorRT's DeformConv) or ``"plugin"``
-    (our AOT Triton plugin). Unverified: no TensorRT available.
+    (our AOT Triton plugin). ``tf32``: let TensorRT run fp32 layers in TF32 (off by default: fp32 engines are held
+    to fp32 tolerances; TensorRT's own default is on). Builds for the current CUDA device. Unverified: no TensorRT
+    available.
     """
     import onnx
 
@@ -200,6 +233,7 @@ def build_engine(
         register_plugins()
 
     logger = _logger(trt, verbose)
+    init_stock_plugins(trt, logger)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     if hasattr(trt.NetworkDefinitionCreationFlag, "PREFER_AOT_PYTHON_PLUGINS"):
@@ -212,6 +246,8 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if not tf32:  # on by default: fp32 convolutions / matmuls would round inputs to 10 mantissa bits (TF32)
+        config.clear_flag(trt.BuilderFlag.TF32)
     if builder_optimization_level is not None:
         config.builder_optimization_level = int(builder_optimization_level)
     cache_bytes = b""
@@ -251,7 +287,7 @@ def build_engine(
         build={
             "batch_profiles": [list(p) for p in profiles], "dims": {k: list(v) for k, v in (dims or {}).items()},
             "workspace_bytes": int(workspace_bytes), "timing_cache": str(timing_cache) if timing_cache else None,
-            "deform_conv": deform_conv, "strongly_typed": True, "build_seconds": round(build_s, 2),
+            "deform_conv": deform_conv, "strongly_typed": True, "tf32": bool(tf32), "build_seconds": round(build_s, 2),
             "python_plugins_required": [op for op in custom_ops if op not in AOT_PLUGINS],
             "support_matrix": f"TensorRT {support.tensorrt_version} ({support.source_url})",
         },
@@ -277,6 +313,7 @@ def load_engine(engine_path: str | os.PathLike, expect: Mapping[str, str] | None
     """Deserialize an engine after checking its sidecar against this system (raises ``EngineCompatibilityError``).
 
     ``expect``: ONNX metadata the caller requires (e.g. ``{"precision": "fp16", "tile_height": "256"}``).
+    Checks against, and deserializes on, the current CUDA device (wrap in ``torch.cuda.device(...)`` for another).
     Unverified: no TensorRT available.
     """
     from .plugins import plugin_hashes, register_plugins
@@ -289,9 +326,11 @@ def load_engine(engine_path: str | os.PathLike, expect: Mapping[str, str] | None
     system = system or SystemInfo.current(plugins=plugin_hashes())
     data = engine_path.read_bytes()
     check_compatible(sidecar, system, engine_sha256=sha256_bytes(data), expect=expect)
+    logger = _logger(trt, False)
+    init_stock_plugins(trt, logger)  # engines with TensorRT's ModulatedDeformConv2d (stock DeformConv) need it
     if sidecar.get("plugins"):
         register_plugins()  # JIT Python plugins must be registered before deserialization
-    runtime = trt.Runtime(_logger(trt, False))
+    runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise EngineCompatibilityError(f"TensorRT could not deserialize {engine_path}")
@@ -301,13 +340,19 @@ def load_engine(engine_path: str | os.PathLike, expect: Mapping[str, str] | None
 class EngineRunner:
     """Runs a loaded engine on CUDA torch tensors (name-based I/O, ``execute_async_v3`` on torch's stream).
 
-    Unverified: no TensorRT available.
+    ``device``: the GPU the engine was deserialized for; the context is created and every run enqueued with it
+    current (TensorRT works on the current device, not the tensors'). Unverified: no TensorRT available.
     """
 
-    def __init__(self, loaded: LoadedEngine) -> None:
+    def __init__(self, loaded: LoadedEngine, device: Any = None) -> None:
+        import torch
+
         self.trt = require_tensorrt()
         self.engine = loaded.engine
-        self.context = self.engine.create_execution_context()
+        self.source = f"TensorRT engine {Path(loaded.path).name}"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+        with torch.cuda.device(self.device):
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = self.trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
@@ -326,22 +371,29 @@ class EngineRunner:
 
         if len(tensors) != len(self.inputs):
             raise ValueError(f"engine takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), got {len(tensors)}")
-        keep = []
-        for name, t in zip(self.inputs, tensors, strict=True):
-            t = t.to(device="cuda", dtype=self._torch_dtype(name)).contiguous()
-            keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
+        with torch.cuda.device(self.device):
+            keep = [t.to(device=self.device, dtype=self._torch_dtype(n)).contiguous()
+                    for n, t in zip(self.inputs, tensors, strict=True)]
+            outs = self.bind(self.context, dict(zip(self.inputs, keep, strict=True)))
+            stream = torch.cuda.current_stream(self.device)
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.source}")
+            stream.synchronize()
+        return outs
+
+    def bind(self, context: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Point ``context`` at the input tensors (shapes checked against profile 0) and at new output tensors of the
+        resulting shapes, allocated on the engine's device; returns the outputs by name."""
+        import torch
+
+        set_input_shapes(self.engine, context, {n: t.shape for n, t in inputs.items()}, self.source)
+        for name, t in inputs.items():
+            context.set_tensor_address(name, t.data_ptr())
         outs = {}
         for name in self.outputs:
-            shape = tuple(self.context.get_tensor_shape(name))
-            out = torch.empty(shape, dtype=self._torch_dtype(name), device="cuda")
-            outs[name] = out
-            self.context.set_tensor_address(name, out.data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        stream.synchronize()
+            shape = tuple(context.get_tensor_shape(name))
+            outs[name] = torch.empty(shape, dtype=self._torch_dtype(name), device=self.device)
+            context.set_tensor_address(name, outs[name].data_ptr())
         return outs
 
 

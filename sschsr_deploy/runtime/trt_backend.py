@@ -89,15 +89,12 @@ class TensorRTBackend(ExportedModelBackend):
             )
         require_tensorrt()  # TensorRTUnavailableError when TensorRT is not installed
         self.device = _resolve_device(device)
-        if isinstance(engine, LoadedEngine):
-            loaded = engine
-        else:
-            with torch.cuda.device(self.device):
-                loaded = load_engine(path, expect=expect)
+        with torch.cuda.device(self.device):  # TensorRT deserializes and allocates on the current device
+            loaded = engine if isinstance(engine, LoadedEngine) else load_engine(path, expect=expect)
+            self.runner = EngineRunner(loaded, self.device)
         self.loaded = loaded
         self.path = Path(loaded.path)
         self.sidecar = dict(loaded.sidecar)
-        self.runner = EngineRunner(loaded)
         self.engine = loaded.engine
         self._source = f"TensorRT engine {self.path.name}"
         if set(self.runner.inputs) != set(INPUT_NAMES) or len(self.runner.outputs) != 1:
@@ -138,20 +135,16 @@ class TensorRTBackend(ExportedModelBackend):
 
     # ------------------------------------------------------------------ Backend interface
     def _run_batch(self, inputs: tuple[Tensor, ...]) -> Tensor:
-        typed = [t.to(device=self.device, dtype=self.runner._torch_dtype(name)).contiguous()
-                 for name, t in zip(INPUT_NAMES, inputs, strict=True)]
-        out = self._run_graph(typed) if self.cuda_graph else None
-        return out if out is not None else self._execute(self.runner.context, typed)
+        with torch.cuda.device(self.device):  # contexts, graphs and launches all work on the current device
+            typed = [t.to(device=self.device, dtype=self.runner._torch_dtype(name)).contiguous()
+                     for name, t in zip(INPUT_NAMES, inputs, strict=True)]
+            out = self._run_graph(typed) if self.cuda_graph else None
+            return out if out is not None else self._execute(self.runner.context, typed)
 
     def _bind(self, context: Any, inputs: list[Tensor]) -> Tensor:
-        """Point ``context`` at the input tensors and at a new output tensor of the resulting shape; returns it."""
-        for name, t in zip(INPUT_NAMES, inputs, strict=True):
-            context.set_input_shape(name, tuple(t.shape))
-            context.set_tensor_address(name, t.data_ptr())
-        shape = tuple(context.get_tensor_shape(self._out_name))
-        out = torch.empty(shape, dtype=self.runner._torch_dtype(self._out_name), device=self.device)
-        context.set_tensor_address(self._out_name, out.data_ptr())
-        return out
+        """Point ``context`` at the input tensors (shapes checked against the profile) and at a new output tensor of
+        the resulting shape; returns it."""
+        return self.runner.bind(context, dict(zip(INPUT_NAMES, inputs, strict=True)))[self._out_name]
 
     def _execute(self, context: Any, inputs: list[Tensor]) -> Tensor:
         """Enqueue one inference on torch's current stream (no host synchronisation)."""
