@@ -55,18 +55,15 @@ def _deterministic_threads():
 
 
 def _tf32_flags() -> list[tuple[object, str]]:
-    """(object, attribute) of every torch switch that lets fp32 convolutions / matmuls run in TF32 on a GPU.
+    """(object, attribute) of torch's switches that let fp32 convolutions / matmuls run in TF32 on a GPU.
 
-    torch >= 2.9 has per-backend ``fp32_precision`` ("ieee" / "tf32"); mixing it with the legacy ``allow_tf32``
-    flags raises, so only the new API is touched where it exists."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision") and hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
-        return [(cudnn.conv, "fp32_precision"), (cudnn.rnn, "fp32_precision"), (matmul, "fp32_precision")]
-    return [(cudnn, "allow_tf32"), (matmul, "allow_tf32")]
+    The legacy ``allow_tf32`` flags on purpose: torch >= 2.9 also has per-backend ``fp32_precision``, but setting
+    cuDNN's conv and RNN entries through it leaves the legacy getter (which torch.export reads) raising."""
+    return [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
 
 
 def tf32_enabled() -> bool:
-    return any(getattr(obj, name) in (True, "tf32") for obj, name in _tf32_flags())
+    return any(getattr(obj, name) for obj, name in _tf32_flags())
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +73,7 @@ def _strict_fp32():
     flags = _tf32_flags()
     saved = [getattr(obj, name) for obj, name in flags]
     for obj, name in flags:
-        setattr(obj, name, "ieee" if name == "fp32_precision" else False)
+        setattr(obj, name, False)
     yield
     for (obj, name), value in zip(flags, saved, strict=True):
         setattr(obj, name, value)

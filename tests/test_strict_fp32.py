@@ -7,7 +7,7 @@ from conftest import _tf32_flags, tf32_enabled
 def test_tf32_is_off_inside_tests():
     assert not tf32_enabled()
     for obj, name in _tf32_flags():
-        assert getattr(obj, name) in (False, "ieee"), (obj, name)
+        assert getattr(obj, name) is False, (obj, name)
 
 
 def test_tf32_check_sees_the_cudnn_default():
@@ -16,7 +16,7 @@ def test_tf32_check_sees_the_cudnn_default():
     obj, name = flags[0]  # cuDNN convolutions
     saved = getattr(obj, name)
     try:
-        setattr(obj, name, "tf32" if name == "fp32_precision" else True)
+        setattr(obj, name, True)
         assert tf32_enabled()
     finally:
         setattr(obj, name, saved)

@@ -267,3 +267,45 @@ def test_standin_rejects_what_tensorrt_rejects(trt):
             return [S.AutoTuneCombination("FP32, FP32, FP32")]
         S.autotune("x::c")(tune)
         S.autotune_combinations(S.REGISTRY.plugins["x::c"], [_desc((1,))], [_desc((1,))], {})
+
+
+def _symbolic_shapes(model) -> dict[str, tuple]:
+    """Every tensor's shape after ONNX shape inference, named dims as stand-in symbols, initializers constant."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes.setdefault(vi.name, tuple(d.dim_value if d.HasField("dim_value") else S.dim(d.dim_param)
+                                         for d in dims))
+    return shapes
+
+
+def test_an_exported_graph_parses_and_shapes_through_the_plugins(registered, tmp_path):
+    """End to end on a real export (conv → DCN → spectral attention → patch matching, ``ops="custom"``): the graph
+    rewritten for TensorRT (DCN as our plugin) has every sschsr node routed to an implementation, its attributes
+    arrive under the names and types the plugins registered, and each shape function gives the shape PyTorch
+    computes, for two batch sizes of the dynamic batch."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from test_export_onnx import OpsNet, _ops_inputs
+
+    from sschsr_deploy.engine import onnx as ex
+
+    net = OpsNet().eval()
+    result = ex.export_module(net, _ops_inputs(2), tmp_path / "ops.onnx", input_names=["x", "ref"],
+                              output_names=["y"], ops="custom", batch_range=(1, 4), check=False)
+    prepared = G.prepare_for_tensorrt(onnx.load(str(result.path)), "plugin")
+    nodes = G.custom_nodes(prepared)
+    assert sorted(n.op_type for n in nodes) == ["ModulatedDeformConv2d", "PatchMatch", "SpectralAttention"]
+    shapes = _symbolic_shapes(prepared)
+    expected = {"ModulatedDeformConv2d": [(8, 14, 12)], "SpectralAttention": [(8, 14, 12)],
+                "PatchMatch": [(12, 10), (12, 10)]}
+    for node in nodes:
+        parsed = S.parse_plugin_node(node, prefer="aot")
+        assert set(parsed.attrs) == set(parsed.plugin.attrs), f"{node.op_type}: attributes lost on the way"
+        inputs = [_desc(shapes[name]) for name in node.input]
+        outs = S.output_descs(parsed.plugin, inputs, parsed.attrs)
+        for batch in (1, 3):
+            env = {d: batch for d in ("batch",)}
+            got = [tuple(e.value(env) if isinstance(e, S.SymExpr) else e for e in o.shape_expr) for o in outs]
+            assert got == [(batch, *s) for s in expected[node.op_type]], node.op_type
