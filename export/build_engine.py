@@ -30,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--deform-conv", choices=("stock", "plugin"), default="stock",
                    help="stock: TensorRT's DeformConv; plugin: our AOT Triton plugin")
     p.add_argument("--opt-level", type=int, help="builder optimisation level (0-5)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let TensorRT run fp32 layers in TF32 (faster, ~1e-3 relative error; off by default)")
     p.add_argument("--parity", action="store_true",
                    help="after the build, compare the engine with the PyTorch model (random weights of the preset "
                         "recorded in the ONNX metadata, or --weights)")
@@ -55,7 +57,8 @@ def main(argv=None) -> int:
         result = build_engine(
             args.onnx, args.out, batch_profiles=[tuple(p) for p in args.profile] if args.profile else None,
             workspace_bytes=int(args.workspace_gib * (1 << 30)), timing_cache=args.timing_cache,
-            deform_conv=args.deform_conv, builder_optimization_level=args.opt_level, verbose=args.verbose,
+            deform_conv=args.deform_conv, builder_optimization_level=args.opt_level, tf32=args.tf32,
+            verbose=args.verbose,
         )
         report = {"engine": str(result.engine_path), "sidecar": str(result.sidecar_path),
                   "build_seconds": round(result.build_seconds, 1)}
