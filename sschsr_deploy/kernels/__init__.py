@@ -6,13 +6,18 @@ The helpers sit here, in the parent package, so that the kernel modules can impo
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Sequence
 
 import torch
 
 from ..errors import InputValidationError
 
-__all__ = ["check_int32_extent", "check_launch_devices", "triton_interpreting"]
+__all__ = ["GRID_LIMITS", "check_grid", "check_int32_extent", "check_launch_devices", "launch_device",
+           "triton_interpreting"]
+
+GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's maximum gridDim.x, .y, .z
 
 
 def triton_interpreting() -> bool:
@@ -47,3 +52,22 @@ def check_int32_extent(op: str, *tensors: torch.Tensor) -> None:
                 f"{op}: a tensor of shape {tuple(t.shape)} spans {extent} elements per batch sample, more than the "
                 "kernels' int32 indexing allows; split the input into tiles"
             )
+
+
+def check_grid(op: str, grid: Sequence[int], advice: Sequence[str]) -> None:
+    """A grid CUDA can launch: past 65535 programs on axis 1 or 2 the launch fails (the interpreter would run it).
+
+    ``advice[i]`` tells the caller how to shrink axis ``i`` (e.g. "split the batch into several calls").
+    """
+    for axis, (size, limit) in enumerate(zip(grid, GRID_LIMITS, strict=False)):
+        if size > limit:
+            raise InputValidationError(
+                f"{op}: the launch needs {size} programs on grid axis {axis}, more than CUDA's {limit}; {advice[axis]}"
+            )
+
+
+def launch_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context that makes ``device`` current: Triton launches on the current CUDA device, not on the tensors'."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()

@@ -11,8 +11,8 @@ builds the BLOCK_P × BLOCK_K tile of modulated bilinear samples in registers (i
 multiplies it with the BLOCK_K × BLOCK_O weight tile, accumulating in fp32. fp32 inputs use ``input_precision="ieee"``
 so that a GPU does not silently fall back to TF32; fp16/bf16 inputs feed the tensor cores in their own dtype.
 
-Tested on the CPU through the Triton interpreter (fp32, fp16); unverified on GPU hardware (bf16 and the autotuned GPU
-configurations included).
+Tested on the CPU through the Triton interpreter (fp32, fp16); every GPU configuration × dtype (bf16 included) is
+compiled for sm_80 and sm_90 and assembled by ptxas on the CPU (:mod:`.compile_check`); unverified on GPU hardware.
 """
 
 from __future__ import annotations
@@ -23,25 +23,32 @@ import triton.language as tl
 from torch import Tensor
 
 from ...errors import InputValidationError
-from .. import check_int32_extent, check_launch_devices, triton_interpreting
+from .. import check_grid, check_int32_extent, check_launch_devices, launch_device, triton_interpreting
 
 __all__ = ["deform_conv2d_triton"]
 
 _INTERPRET = triton_interpreting()
 
 
+# The GPU autotune space, whatever the interpreter flag (so that it can be compiled ahead of time on a CPU).
+GPU_CONFIGS = (
+    triton.Config({"BLOCK_P": 64, "BLOCK_O": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_P": 64, "BLOCK_O": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_P": 128, "BLOCK_O": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_P": 128, "BLOCK_O": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
+)
+
+
 def _configs() -> list[triton.Config]:
     if _INTERPRET:  # the interpreter cannot autotune over several configs; large tiles keep it fast
         return [triton.Config({"BLOCK_P": 128, "BLOCK_O": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_P": 64, "BLOCK_O": 32, "BLOCK_K": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_P": 64, "BLOCK_O": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
-        triton.Config({"BLOCK_P": 128, "BLOCK_O": 64, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-        triton.Config({"BLOCK_P": 128, "BLOCK_O": 128, "BLOCK_K": 32}, num_warps=8, num_stages=2),
-    ]
+    return list(GPU_CONFIGS)
 
 
-@triton.autotune(configs=_configs(), key=["Og", "KDIM", "KH", "KW"])
+_ACTIVE_CONFIGS = _configs()
+
+
+@triton.autotune(configs=_ACTIVE_CONFIGS, key=["Og", "KDIM", "KH", "KW"])
 @triton.jit
 def _deform_conv2d_kernel(
     x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr,
@@ -141,6 +148,16 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _check_grid(op: str, npix: int, og: int, batch_groups: int) -> None:
+    """The largest grid any autotune config launches (the smallest tiles) must fit CUDA's grid limits."""
+    block_p = min(cfg.kwargs["BLOCK_P"] for cfg in _ACTIVE_CONFIGS)
+    block_o = min(cfg.kwargs["BLOCK_O"] for cfg in _ACTIVE_CONFIGS)
+    grid = (triton.cdiv(npix, block_p), triton.cdiv(og, block_o), batch_groups)
+    advice = ("split the image into tiles", "use fewer output channels per group",
+              "split the batch (or the groups) over several calls")
+    check_grid(op, grid, advice)
+
+
 def deform_conv2d_triton(
     input: Tensor,
     offset: Tensor,
@@ -192,13 +209,14 @@ def deform_conv2d_triton(
         raise InputValidationError(f"{op}: mask shape {tuple(mask.shape)} != {(b, g * k, ho, wo)}")
     if bias is not None and tuple(bias.shape) != (o,):
         raise InputValidationError(f"{op}: bias shape {tuple(bias.shape)} != {(o,)}")
-    check_launch_devices(op, _INTERPRET, input, offset, mask, weight, bias)
+    device = check_launch_devices(op, _INTERPRET, input, offset, mask, weight, bias)
 
     out = torch.empty((b, o, ho, wo), dtype=input.dtype, device=input.device)
     if out.numel() == 0:
         return out
     og = o // groups
     npix = ho * wo
+    _check_grid(op, npix, og, b * groups)
     msk = mask if mask is not None else offset  # placeholder pointer, never read when HAS_MASK is False
     bia = bias if bias is not None else weight
     check_int32_extent(op, input, offset, msk, out)
@@ -206,12 +224,13 @@ def deform_conv2d_triton(
     def grid(meta):
         return (triton.cdiv(npix, meta["BLOCK_P"]), triton.cdiv(og, meta["BLOCK_O"]), b * groups)
 
-    _deform_conv2d_kernel[grid](
-        input, offset, msk, weight, bia, out,
-        h, w, wo, npix, groups, og, cg, cg * k, c // g,
-        *input.stride(), *offset.stride(), *msk.stride(), *weight.stride(), *out.stride(),
-        sh, sw, ph, pw, dh, dw,
-        KH=kh, KW=kw, HAS_MASK=mask is not None, HAS_BIAS=bias is not None,
-        DOT_PRECISION=_dot_precision(input.dtype),
-    )
+    with launch_device(device):
+        _deform_conv2d_kernel[grid](
+            input, offset, msk, weight, bia, out,
+            h, w, wo, npix, groups, og, cg, cg * k, c // g,
+            *input.stride(), *offset.stride(), *msk.stride(), *weight.stride(), *out.stride(),
+            sh, sw, ph, pw, dh, dw,
+            KH=kh, KW=kw, HAS_MASK=mask is not None, HAS_BIAS=bias is not None,
+            DOT_PRECISION=_dot_precision(input.dtype),
+        )
     return out

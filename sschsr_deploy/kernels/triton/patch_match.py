@@ -13,8 +13,8 @@ index among the maxima is taken, and a later tile replaces the running best only
 positions × patches score matrix is never held. fp32 inputs use ``input_precision="ieee"`` (no TF32 on a GPU); fp16/bf16
 inputs are normalised in fp32 and fed to ``tl.dot`` in their own dtype.
 
-Tested on the CPU through the Triton interpreter (fp32, fp16); unverified on GPU hardware (bf16 and the autotuned GPU
-configurations included).
+Tested on the CPU through the Triton interpreter (fp32, fp16); every GPU configuration × dtype (bf16 included) is
+compiled for sm_80 and sm_90 and assembled by ptxas on the CPU (:mod:`.compile_check`); unverified on GPU hardware.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...errors import InputValidationError
-from .. import check_int32_extent, check_launch_devices, triton_interpreting
+from .. import check_grid, check_int32_extent, check_launch_devices, launch_device, triton_interpreting
 
 __all__ = ["patch_match_triton"]
 
@@ -54,18 +54,25 @@ _MAX = getattr(tl.standard, "_elementwise_max", _max2)
 _MIN = getattr(tl.standard, "_elementwise_min", _min2)
 
 
+# The GPU autotune space, whatever the interpreter flag (so that it can be compiled ahead of time on a CPU).
+GPU_CONFIGS = (
+    triton.Config({"BLOCK_P": 64, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_P": 128, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_P": 128, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_P": 64, "BLOCK_N": 128, "BLOCK_D": 64}, num_warps=4, num_stages=2),
+)
+
+
 def _configs() -> list[triton.Config]:
     if _INTERPRET:  # the interpreter cannot autotune over several configs; large tiles keep it fast
         return [triton.Config({"BLOCK_P": 64, "BLOCK_N": 128, "BLOCK_D": 64}, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_P": 64, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_P": 128, "BLOCK_N": 64, "BLOCK_D": 32}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_P": 128, "BLOCK_N": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_P": 64, "BLOCK_N": 128, "BLOCK_D": 64}, num_warps=4, num_stages=2),
-    ]
+    return list(GPU_CONFIGS)
 
 
-@triton.autotune(configs=_configs(), key=["D", "DOT_PRECISION"])
+_ACTIVE_CONFIGS = _configs()
+
+
+@triton.autotune(configs=_ACTIVE_CONFIGS, key=["D", "DOT_PRECISION"])
 @triton.jit
 def _patch_match_kernel(
     win_ptr, pat_ptr, wn_ptr, idx_ptr, sim_ptr,
@@ -107,6 +114,10 @@ def _patch_match_kernel(
     tl.store(sim_ptr + b * P + p, (best / wn).to(sim_ptr.dtype.element_ty), mask=p_ok)
 
 
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # fp16/bf16 operands ignore the setting
+
+
 def patch_match_triton(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -> tuple[Tensor, Tensor]:
     """Best reference patch for every input window; same arguments and result as ``patch_match_reference``.
 
@@ -127,9 +138,12 @@ def patch_match_triton(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -> t
         raise InputValidationError(f"{op}: patch_size must be ≥ 1, got {patch_size}")
     if h < p or w < p:
         raise InputValidationError(f"{op}: feature maps {h}×{w} are smaller than the {p}×{p} patch")
-    check_launch_devices(op, _INTERPRET, feat, ref_feat)
+    device = check_launch_devices(op, _INTERPRET, feat, ref_feat)
     hp, wp = h - p + 1, w - p + 1
     npos = hp * wp
+    block_p = min(cfg.kwargs["BLOCK_P"] for cfg in _ACTIVE_CONFIGS)  # the largest grid any config launches
+    check_grid(op, (triton.cdiv(npos, block_p), b),
+               ("split the feature maps into tiles", "split the batch over several calls"))
     index = torch.empty((b, hp, wp), dtype=torch.long, device=feat.device)
     sim = torch.empty((b, hp, wp), dtype=feat.dtype, device=feat.device)
     if index.numel() == 0:
@@ -152,10 +166,11 @@ def patch_match_triton(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -> t
     def grid(meta):
         return (triton.cdiv(npos, meta["BLOCK_P"]), b)
 
-    _patch_match_kernel[grid](
-        win, pat, win_norm, index, sim,
-        npos, npos, d,
-        *win.stride(), *pat.stride(),
-        DOT_PRECISION="ieee" if compute == torch.float32 else "tf32",
-    )
+    with launch_device(device):
+        _patch_match_kernel[grid](
+            win, pat, win_norm, index, sim,
+            npos, npos, d,
+            *win.stride(), *pat.stride(),
+            DOT_PRECISION=_dot_precision(compute),
+        )
     return index, sim

@@ -10,8 +10,8 @@ normalisation is applied to the small c×c Gram matrix, so q̂ and k̂ are never
 2. torch, on the (B, heads, c, c) fp32 matrices: divide by the clamped norms, scale by τ, softmax.
 3. ``_attn_apply_kernel``: out = A·v, tiled over (channel block, pixel block), fp32 accumulation.
 
-Tested on the CPU through the Triton interpreter (fp32, fp16); unverified on GPU hardware (bf16 and the autotuned GPU
-configurations included).
+Tested on the CPU through the Triton interpreter (fp32, fp16); every GPU configuration × dtype (bf16 included) is
+compiled for sm_80 and sm_90 and assembled by ptxas on the CPU (:mod:`.compile_check`); unverified on GPU hardware.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ...errors import InputValidationError
-from .. import check_int32_extent, check_launch_devices, triton_interpreting
+from .. import check_grid, check_int32_extent, check_launch_devices, launch_device, triton_interpreting
 
 __all__ = ["attention_apply_triton", "gram_and_norms_triton", "spectral_attention_triton"]
 
@@ -44,16 +44,25 @@ def _add(a, b):
 _SUM = getattr(tl.standard, "_sum_combine", _add)
 
 
-def _configs(interp: dict, gpu: list[tuple[dict, int]]) -> list[triton.Config]:
-    if _INTERPRET:  # the interpreter cannot autotune over several configs
-        return [triton.Config(interp, num_warps=4, num_stages=1)]
-    return [triton.Config(kw, num_warps=nw, num_stages=2) for kw, nw in gpu]
-
-
-@triton.autotune(
-    configs=_configs({"BLOCK_N": 256}, [({"BLOCK_N": 64}, 4), ({"BLOCK_N": 128}, 4), ({"BLOCK_N": 128}, 8)]),
-    key=["c", "BLOCK_C"],
+# The GPU autotune spaces, whatever the interpreter flag (so that they can be compiled ahead of time on a CPU).
+GRAM_GPU_CONFIGS = tuple(
+    triton.Config({"BLOCK_N": n}, num_warps=nw, num_stages=2) for n, nw in ((64, 4), (128, 4), (128, 8))
 )
+APPLY_GPU_CONFIGS = tuple(
+    triton.Config({"BLOCK_N": n}, num_warps=nw, num_stages=2) for n, nw in ((64, 4), (128, 4), (256, 8))
+)
+
+
+def _configs(gpu: tuple[triton.Config, ...]) -> list[triton.Config]:
+    if _INTERPRET:  # the interpreter cannot autotune over several configs
+        return [triton.Config({"BLOCK_N": 256}, num_warps=4, num_stages=1)]
+    return list(gpu)
+
+
+_APPLY_CONFIGS = _configs(APPLY_GPU_CONFIGS)
+
+
+@triton.autotune(configs=_configs(GRAM_GPU_CONFIGS), key=["c", "BLOCK_C"])
 @triton.jit
 def _gram_norms_kernel(
     q_ptr, k_ptr, g_ptr, qsq_ptr, ksq_ptr,
@@ -100,10 +109,7 @@ def _gram_norms_kernel(
     tl.store(ksq_ptr + sq_base + cols, ks, mask=c_ok & (ci == 0))
 
 
-@triton.autotune(
-    configs=_configs({"BLOCK_N": 256}, [({"BLOCK_N": 64}, 4), ({"BLOCK_N": 128}, 4), ({"BLOCK_N": 256}, 8)]),
-    key=["c", "BLOCK_C"],
-)
+@triton.autotune(configs=_APPLY_CONFIGS, key=["c", "BLOCK_C"])
 @triton.jit
 def _attn_apply_kernel(
     a_ptr, v_ptr, y_ptr,
@@ -144,7 +150,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # fp16/bf16 operands ignore the setting
 
 
-def _check(q: Tensor, k: Tensor, heads: int, op: str, v: Tensor | None = None) -> None:
+def _check(q: Tensor, k: Tensor, heads: int, op: str, v: Tensor | None = None) -> torch.device:
     shapes = [q.shape, k.shape] + ([] if v is None else [v.shape])
     if q.dim() != 4 or any(s != q.shape for s in shapes):
         raise InputValidationError(f"{op}: q, k{', v' if v is not None else ''} must share one B×C×H×W shape, "
@@ -154,7 +160,7 @@ def _check(q: Tensor, k: Tensor, heads: int, op: str, v: Tensor | None = None) -
     dtypes = {q.dtype, k.dtype} | ({v.dtype} if v is not None else set())
     if len(dtypes) != 1 or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise InputValidationError(f"{op}: q, k, v must share one dtype among fp32/fp16/bf16, got {dtypes}")
-    check_launch_devices(op, _INTERPRET, q, k, v)
+    return check_launch_devices(op, _INTERPRET, q, k, v)
 
 
 def _default_splits(programs: int, n: int, device: torch.device) -> int:
@@ -177,7 +183,7 @@ def gram_and_norms_triton(
     pixel chunks reduced in parallel (default: enough to fill the GPU; 1 under the interpreter).
     """
     op = "gram_and_norms (triton)"
-    _check(q, k, heads, op)
+    device = _check(q, k, heads, op)
     b, ch = q.shape[:2]
     c = ch // heads
     qf = q.flatten(2)  # (B, C, N): a view unless H and W cannot be merged
@@ -197,23 +203,34 @@ def gram_and_norms_triton(
         raise InputValidationError(f"{op}: splits must be ≥ 1, got {splits}")
     n_per_split = triton.cdiv(triton.cdiv(n, splits), _SPLIT_QUANTUM) * _SPLIT_QUANTUM
     s = triton.cdiv(n, n_per_split)
+    check_grid(op, (programs, s), ("split the batch (or the heads) over several calls", "pass fewer splits"))
     check_int32_extent(op, qf, kf)
     g_part = torch.empty((b, heads, s, c, c), dtype=torch.float32, device=q.device)
     qsq_part = torch.empty((b, s, ch), dtype=torch.float32, device=q.device)
     ksq_part = torch.empty((b, s, ch), dtype=torch.float32, device=q.device)
-    _gram_norms_kernel[(programs, s)](
-        qf, kf, g_part, qsq_part, ksq_part,
-        heads, c, n, n_per_split, s, nc,
-        *qf.stride(), *kf.stride(),
-        DOT_PRECISION=_dot_precision(q.dtype), BLOCK_C=block_c,
-    )
+    with launch_device(device):
+        _gram_norms_kernel[(programs, s)](
+            qf, kf, g_part, qsq_part, ksq_part,
+            heads, c, n, n_per_split, s, nc,
+            *qf.stride(), *kf.stride(),
+            DOT_PRECISION=_dot_precision(q.dtype), BLOCK_C=block_c,
+        )
     if s == 1:
         return g_part[:, :, 0], qsq_part[:, 0], ksq_part[:, 0]
     return g_part.sum(dim=2), qsq_part.sum(dim=1), ksq_part.sum(dim=1)
 
 
+def _check_apply_grid(op: str, b: int, heads: int, c: int, n: int) -> None:
+    """The largest A·V grid any autotune config launches (the smallest BLOCK_N) must fit CUDA's grid limits."""
+    block_n = min(cfg.kwargs["BLOCK_N"] for cfg in _APPLY_CONFIGS)
+    grid = (triton.cdiv(n, block_n), b * heads * triton.cdiv(c, _block_c(c)))
+    check_grid(op, grid, ("split the image into tiles", "split the batch (or the heads) over several calls"))
+
+
 def attention_apply_triton(attn: Tensor, v: Tensor, heads: int) -> Tensor:
     """out[b, h·c+i] = Σⱼ attn[b, h, i, j] · v[b, h·c+j] over all pixels; attn (B, heads, c, c) fp32, v (B, C, H, W)."""
+    op = "spectral attention (triton)"
+    device = check_launch_devices(op, _INTERPRET, attn, v)
     b, ch, hh, ww = v.shape
     c = ch // heads
     vf = v.flatten(2)
@@ -221,19 +238,21 @@ def attention_apply_triton(attn: Tensor, v: Tensor, heads: int) -> Tensor:
     n = vf.shape[2]
     if out.numel() == 0:
         return out
+    _check_apply_grid(op, b, heads, c, n)
     attn = attn.to(torch.float32).contiguous()
     block_c = _block_c(c)
     nc = triton.cdiv(c, block_c)
     of = out.view(b, ch, n)
-    check_int32_extent("spectral attention (triton)", vf, of)
+    check_int32_extent(op, vf, of)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), b * heads * nc)
 
-    _attn_apply_kernel[grid](
-        attn, vf, of, heads, c, n, nc, *vf.stride(), *of.stride(),
-        DOT_PRECISION=_dot_precision(v.dtype), BLOCK_C=block_c,
-    )
+    with launch_device(device):
+        _attn_apply_kernel[grid](
+            attn, vf, of, heads, c, n, nc, *vf.stride(), *of.stride(),
+            DOT_PRECISION=_dot_precision(v.dtype), BLOCK_C=block_c,
+        )
     return out
 
 
@@ -250,6 +269,8 @@ def spectral_attention_triton(q: Tensor, k: Tensor, v: Tensor, temperature: Tens
         raise InputValidationError(f"{op}: temperature has {temperature.numel()} values, need {heads}")
     b, ch = q.shape[:2]
     c = ch // heads
+    if q.numel():  # fail before the Gram pass when the A·V launch cannot run
+        _check_apply_grid(op, b, heads, c, q.shape[2] * q.shape[3])
     gram, q_sq, k_sq = gram_and_norms_triton(q, k, heads)
     qn = q_sq.sqrt().clamp_min(L2_EPS).view(b, heads, c, 1)
     kn = k_sq.sqrt().clamp_min(L2_EPS).view(b, heads, 1, c)
