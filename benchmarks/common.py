@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).parent / "results"
+# SSCHSR_BENCH_RESULTS_DIR redirects every output (scripts/gpu_suite.py: into its $OUT, never over the committed
+# results of another machine).
+RESULTS_DIR = Path(os.environ.get("SSCHSR_BENCH_RESULTS_DIR") or Path(__file__).parent / "results")
 
 
 def environment(device: str) -> dict:
