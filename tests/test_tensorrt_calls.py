@@ -104,3 +104,42 @@ def test_out_of_profile_shapes_are_refused_with_the_profile_bounds():
     with pytest.raises(InputValidationError, match=r"outside the engine's optimisation profile 0 \(min \(1, 31, 64, "
                                                    r"64\), max \(4, 31, 64, 64\)\)"):
         T.set_input_shapes(engine, _Context(False), {"hsi": (8, 31, 64, 64)}, "engine e")
+
+
+def test_execution_contexts_are_created_on_the_engine_device(fake_trt, monkeypatch):
+    """TensorRT allocates a context's memory on the *current* device: the runner makes its device current first."""
+    import torch
+
+    current = []
+
+    class _Device:
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def __enter__(self):
+            current.append(self.device)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    seen = []
+    engine = mock.MagicMock(num_io_tensors=0)
+    engine.create_execution_context.side_effect = lambda: seen.append(current[-1] if current else None)
+    monkeypatch.setattr(torch.cuda, "device", _Device)
+    T.EngineRunner(T.LoadedEngine(engine, {}, "e.engine"), "cuda:1")
+    assert seen == [torch.device("cuda", 1)]
+
+
+def test_plugin_buffers_are_viewed_never_copied():
+    """A JIT plugin writes its outputs into TensorRT's buffers: a view that turned out to be a copy (e.g. made on
+    another device) would lose them, so it is refused."""
+    import torch
+    from trt_standin import Tensor
+
+    from sschsr_deploy.engine.plugins import _torch_views
+
+    t = torch.arange(6.0)
+    (v,) = _torch_views(Tensor(t))
+    assert v.data_ptr() == t.data_ptr()
+    with mock.patch("torch.as_tensor", return_value=t.clone()), pytest.raises(RuntimeError, match="copied"):
+        _torch_views(Tensor(t))
