@@ -106,7 +106,7 @@ class PeakSampler:
 def _model(preset: str, device: str):
     from sschsr_deploy.runtime import load_model
 
-    model, info = load_model(preset, None, seed=0)
+    model, info = load_model(preset, random_weights=True, seed=0)
     return model, info
 
 

@@ -41,8 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="RAFT context BN: running statistics, or batch statistics as the official test")
     p.add_argument("--opset", type=int, default=20)
     p.add_argument("--bands", type=int, help="band count override (default: the preset's 31)")
-    p.add_argument("--scale", type=int, default=4,
-                   help="scale the weights were trained for (recorded in the metadata; picks the shipped tiny weights)")
+    p.add_argument("--scale", type=int,
+                   help="scale the weights were trained for: read from a .safetensors file (checked when given), "
+                        "set for an official .pth or random weights (default 4), picks the shipped tiny weights")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the check input")
     p.add_argument("--out", required=True, help="output .onnx path")
     return p.parse_args(argv)
@@ -55,10 +56,10 @@ def main(argv=None) -> int:
     from sschsr_deploy.errors import SSCHSRError
 
     if args.weights is None and args.preset == "tiny" and not args.bands:
-        from sschsr_deploy.pretrained import shipped_weights
+        from sschsr_deploy.weights import resolve_shipped
 
         try:
-            args.weights = str(shipped_weights("tiny", args.scale))
+            args.weights = str(resolve_shipped(f"tiny-x{args.scale or 4}"))
         except SSCHSRError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -70,8 +71,8 @@ def main(argv=None) -> int:
         print(f"error: need 1 <= --min-batch <= --batch, got {args.min_batch}, {args.batch}", file=sys.stderr)
         return 2
     try:
-        overrides = {"scale": args.scale, **({"bands": args.bands} if args.bands else {})}
-        model = build_model(args.preset, args.weights, args.raft_iters, args.batchnorm_mode, args.seed, **overrides)
+        model = build_model(args.preset, args.weights, args.raft_iters, args.batchnorm_mode, args.seed,
+                            scale=args.scale, bands=args.bands)
         result = export_onnx(
             model, args.out, tile=tuple(args.tile), batch_range=(args.min_batch, args.batch),
             tile_min=tuple(args.tile_min) if args.tile_min else None,

@@ -79,22 +79,25 @@ def _build_parser() -> _Parser:
     p = sub.add_parser("infer", help="super-resolve an LR cube with an HR RGB reference")
     p.add_argument("--hsi", required=True, help="LR cube: .npy .npz .mat .h5 .hdr/.img (ENVI) .tif")
     p.add_argument("--ref", required=True, help="HR RGB reference: .png .jpg .tif (8 or 16 bit)")
-    p.add_argument("--scale", required=True, type=int, help="HR / LR size ratio (e.g. 4)")
+    p.add_argument("--scale", type=int,
+                   help="HR / LR size ratio; default: the one the model was trained for (a different one is refused)")
     p.add_argument("--out", required=True, help="output file; the format follows the extension or --format")
     p.add_argument("--format", choices=FORMATS, help="output format (default: from the --out extension)")
     p.add_argument("--out-layout", choices=("hwc", "chw"), default="hwc", help="output band order (default hwc)")
     p.add_argument("--out-variable", default="hsi", help="array name in .npz/.mat/.h5 outputs (default hsi)")
     p.add_argument("--variable", help="array name to read from .npz/.mat/.h5 inputs (default: the only 3-D one)")
     p.add_argument("--hsi-layout", choices=("hwc", "chw"), help="input band order when it cannot be detected")
-    p.add_argument("--weights", help="model weights: .safetensors or an official .pth checkpoint (torch backend; "
-                   "default with --preset tiny: the shipped tiny weights for --scale)")
+    p.add_argument("--weights", help="model weights: a shipped name (tiny-x4, tiny-x8), a .safetensors file or an "
+                   "official .pth checkpoint (torch backend; default with --preset tiny: the shipped tiny weights for "
+                   "--scale)")
     p.add_argument("--engine", metavar="PATH",
                    help="an exported model instead of --weights: .onnx (export/export_onnx.py, standard ops; "
                         "onnxruntime backend) or .engine/.plan (export/build_engine.py; tensorrt backend, CUDA). "
                         "Its own band count, RAFT iterations and batch-norm mode apply (--preset, --bands, --bn-mode "
                         "are ignored); a fixed-tile export runs its own tile unless --tile asks for another (error)")
-    p.add_argument("--preset", choices=("tiny", "official"), default="official", help="network size (default official)")
-    p.add_argument("--bands", type=int, default=31, help="bands the model is built for (default 31)")
+    p.add_argument("--preset", choices=("tiny", "official"),
+                   help="network size (default: from the weights file; official for a .pth)")
+    p.add_argument("--bands", type=int, help="bands the model is built for (default: from the weights; 31)")
     p.add_argument("--rgb-bands", type=int, nargs=3, metavar=("R", "G", "B"),
                    help="pseudo-RGB band indices (default 15 8 3 for 31 bands)")
     p.add_argument("--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"),
@@ -102,8 +105,9 @@ def _build_parser() -> _Parser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (torch backend)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture CUDA graphs per input shape and replay them (tensorrt backend; unverified)")
-    p.add_argument("--bn-mode", choices=("running", "batch"), default="running",
-                   help="RAFT context batch norm: running statistics (eval) or batch statistics (official test)")
+    p.add_argument("--bn-mode", choices=("running", "batch"),
+                   help="RAFT context batch norm: running statistics (eval, default) or batch statistics (official "
+                        "test)")
     p.add_argument("--output-scale", choices=("input", "unit"), default="input",
                    help="output in the LR cube's value range (default) or the network's [0, 1] scale")
     p.add_argument("--allow-random-weights", action="store_true",
@@ -136,7 +140,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from sschsr_deploy.errors import InputValidationError
     from sschsr_deploy.io.atomic import check_writable
     from sschsr_deploy.io.hsi import format_from_path
-    from sschsr_deploy.runtime import Pipeline, load_model
+    from sschsr_deploy.runtime import Pipeline
     from sschsr_deploy.runtime.backends import ENGINE_SUFFIXES, backend_for_path
 
     out = check_writable(args.out)
@@ -183,21 +187,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             )
         if args.cuda_graph:
             raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
-        weights = args.weights
-        if weights is None and not args.allow_random_weights:
-            if args.preset != "tiny":
-                raise InputValidationError(
-                    f"no --weights given and no weights ship for the {args.preset!r} preset (the official checkpoint "
-                    "cannot be bundled): pass --weights, use --preset tiny for the shipped small model, or "
-                    "--allow-random-weights for a plumbing test"
-                )
-            from sschsr_deploy.pretrained import shipped_weights
-
-            weights = str(shipped_weights("tiny", args.scale, args.bands))
-            log.info("using the shipped tiny weights %s", weights)
-        model, info = load_model(args.preset, weights, bands=args.bands, batchnorm_mode=args.bn_mode)
-        if info["random_weights"]:
-            log.warning("RANDOM WEIGHTS: no --weights given; the output is NOT a super-resolved image (testing only)")
+        model, info = _load_infer_model(args)
         pipe = Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
     t0 = time.perf_counter()
     path = pipe.run_files(
@@ -209,6 +199,30 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({plan.height}x{plan.width}x{pipe.backend.bands} float32, {len(plan)} window(s), "
               f"{pipe.backend.name}, {time.perf_counter() - t0:.1f} s)")
     return EXIT_OK
+
+
+def _load_infer_model(args: argparse.Namespace):
+    """``infer``'s model: --weights (a shipped name or a file, its metadata checked against --preset / --scale /
+    --bands / --bn-mode), the shipped weights for --preset tiny, or an untrained network on request."""
+    from sschsr_deploy.errors import InputValidationError
+    from sschsr_deploy.runtime import load_model
+
+    fields = dict(scale=args.scale, bands=args.bands, rgb_bands=args.rgb_bands, batchnorm_mode=args.bn_mode)
+    if args.weights is not None:
+        if args.preset is None:
+            return load_model(args.weights, **fields)
+        return load_model(args.preset, args.weights, **fields)
+    if args.allow_random_weights:
+        return load_model(args.preset or "official", random_weights=True, **fields)
+    if args.preset != "tiny":
+        raise InputValidationError(
+            "no --weights given and no weights ship for the official preset (the official checkpoint cannot be "
+            "bundled): pass --weights, use --preset tiny (or --weights tiny-x4) for the shipped small model, or "
+            "--allow-random-weights for a plumbing test"
+        )
+    name = f"tiny-x{args.scale or 4}"
+    log.info("using the shipped weights %s", name)
+    return load_model(name, **{k: v for k, v in fields.items() if k != "scale"})
 
 
 def _version_of(dist: str) -> str | None:
@@ -281,22 +295,24 @@ def _render(cube, srf, white: float):
     return np.clip(render_rgb(cube, srf) / white, 0.0, 1.0)
 
 
-def _demo_weights(args: argparse.Namespace) -> tuple[str | None, str]:
-    """The demo's weights (a path, or None for random) and the note that goes into metrics.json."""
+def _demo_model(args: argparse.Namespace):
+    """The demo's model, its info and the note that goes into metrics.json."""
     from sschsr_deploy.errors import InputValidationError
-    from sschsr_deploy.pretrained import shipped_weights
+    from sschsr_deploy.runtime import load_model
 
     if args.random_weights:
-        return None, (f"random weights (seed {args.seed}): the 'model' numbers measure the plumbing, not "
-                      "super-resolution quality")
+        note = (f"random weights (seed {args.seed}): the 'model' numbers measure the plumbing, not super-resolution "
+                "quality")
+        return (*load_model("tiny", random_weights=True, seed=args.seed, scale=args.scale), note)
     if args.weights:
-        return args.weights, f"user weights {args.weights}"
+        return (*load_model("tiny", args.weights, scale=args.scale), f"user weights {args.weights}")
     try:
-        path = shipped_weights("tiny", args.scale)
+        model, info = load_model(f"tiny-x{args.scale}")
     except InputValidationError as exc:
         log.warning("%s; running with random weights", exc)
-        return None, f"random weights: {exc}"
-    return str(path), f"shipped tiny weights {path.name} (trained on generated scenes of the train split)"
+        return (*load_model("tiny", random_weights=True, seed=args.seed, scale=args.scale),
+                f"random weights: {exc}")
+    return model, info, f"shipped tiny weights {info['weights']} (trained on generated scenes of the train split)"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -307,7 +323,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from sschsr_deploy.errors import InputValidationError
     from sschsr_deploy.io import atomic_write_json, load_hsi, to_uint8, write_hsi, write_rgb
     from sschsr_deploy.preprocess import bicubic_upsample
-    from sschsr_deploy.runtime import Pipeline, load_model
+    from sschsr_deploy.runtime import Pipeline
 
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -322,8 +338,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     write_hsi(out_dir / "input_lr.npy", scene.lr_hsi)
     write_rgb(out_dir / "input_ref.png", scene.ref_rgb)
     write_hsi(out_dir / "ground_truth.npy", scene.hr_hsi)
-    weights, note = _demo_weights(args)
-    model, info = load_model("tiny", weights, seed=args.seed)
+    model, info, note = _demo_model(args)
     pipe = Pipeline(model, device=args.device, tile=args.tile, overlap=args.overlap, margin=args.margin,
                     batch=args.batch, quiet=args.quiet, model_info=info)
     out_path = pipe.run_files(out_dir / "input_lr.npy", out_dir / "input_ref.png", args.scale, out_dir / "output.npy",

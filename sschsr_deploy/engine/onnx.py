@@ -85,6 +85,7 @@ from ..checkpoint import state_dict_sha256
 from ..errors import SSCHSRError
 from ..model import INPUT_NAMES, SSCHSR
 from ..ops._backend import forced_backends
+from ..weights import ModelMeta
 
 __all__ = [
     "CUSTOM_DOMAIN",
@@ -434,21 +435,17 @@ class FlowNetwork(nn.Module):
 
 
 def build_model(preset: str = "tiny", weights: str | os.PathLike | None = None, raft_iters: int | None = None,
-                batchnorm_mode: str = "running", seed: int = 0, **overrides) -> SSCHSR:
-    """An eval-mode model of ``preset``: official weights from ``weights`` (strict) or seeded random weights."""
-    from ..model import get_preset
+                batchnorm_mode: str | None = None, seed: int = 0, **fields) -> SSCHSR:
+    """An eval-mode model to export: ``weights`` loaded by :func:`sschsr_deploy.weights.load_model` (its metadata
+    checked against ``preset`` and ``fields``: ``scale``, ``bands``, ``rgb_bands``), or seeded random weights when
+    ``weights`` is None; ``raft_iters`` sets the RAFT iterations unrolled in the graph."""
+    from ..weights import load_model
 
-    cfg = get_preset(preset, **overrides)
+    model, _ = load_model(preset, weights, random_weights=weights is None, seed=seed,
+                          batchnorm_mode=batchnorm_mode, **fields)
     if raft_iters is not None:
-        cfg = dataclasses.replace(cfg, raft=dataclasses.replace(cfg.raft, iters=int(raft_iters)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SSCHSR(cfg, batchnorm_mode=batchnorm_mode)  # type: ignore[arg-type]
-    if weights is not None:
-        from ..checkpoint import load_official_checkpoint
-
-        model.load_official_state_dict(load_official_checkpoint(weights), strict=True)
-    model.eval()
+        model.flownet.cfg = dataclasses.replace(model.flownet.cfg, iters=int(raft_iters))
+        model.config = dataclasses.replace(model.config, raft=model.flownet.cfg)
     model.validate_inputs = False  # data-dependent checks cannot be traced; export checks the shapes itself
     return model
 
@@ -793,11 +790,11 @@ def export_onnx(
     )
     metadata = {
         "producer": "sschsr-deploy", "package_version": __version__, "part": part,
-        "preset": preset or "custom", "bands": cfg.bands, "scale": cfg.scale,
+        **ModelMeta.of(model, preset or "custom").to_metadata(),
         "tile_height": h, "tile_width": w, "tile_min": f"{tmin[0]}x{tmin[1]}", "tile_max": f"{tmax[0]}x{tmax[1]}",
         "dynamic_tile": dynamic_tile,
         "batch_min": lo, "batch_max": hi, "raft_iters": iters, "opset": opset, "precision": precision, "ops": ops,
-        "weights_sha256": weights_sha256, "batchnorm_mode": model.batchnorm_mode,
+        "weights_sha256": weights_sha256,
         "official_warp_quirk": cfg.official_warp_quirk, "fp32_islands": islands,
         "inputs": ",".join(names), "outputs": out_name, "torch_version": torch.__version__,
         **(extra_metadata or {}),

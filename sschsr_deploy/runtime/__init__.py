@@ -4,13 +4,14 @@ Typical use::
 
     from sschsr_deploy.runtime import Pipeline, load_model
 
-    model, info = load_model("tiny", "weights.safetensors")
+    model, info = load_model("tiny-x4")                 # or a .safetensors / official .pth file
     pipe = Pipeline(model, device="cuda", tile=256, batch=4, model_info=info)
-    hr = pipe.run(lr_hwc, rgb_hwc, scale=4)          # numpy H x W x C in, numpy out
-    pipe.run_files("lr.mat", "rgb.png", 4, "hr.npy")  # lazy read, streamed atomic write + hr.npy.json
+    hr = pipe.run(lr_hwc, rgb_hwc)                      # numpy H x W x C in, numpy out; the model's scale
+    pipe.run_files("lr.mat", "rgb.png", None, "hr.npy")  # lazy read, streamed atomic write + hr.npy.json
 """
 
-from .backends import BACKENDS, Backend, TorchBackend, create_backend, load_model, state_dict_sha256
+from ..weights import load_model
+from .backends import BACKENDS, Backend, TorchBackend, create_backend, state_dict_sha256
 from .blender import StreamingBlender, blend
 from .pipeline import REF_SIZE_TOLERANCE, Pipeline, PreparedScene, match_reference_size
 from .planner import (

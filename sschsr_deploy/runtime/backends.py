@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sschsr_deploy.checkpoint import state_dict_sha256
+from sschsr_deploy.checkpoint import state_dict_sha256  # noqa: F401 - re-exported (runtime.state_dict_sha256)
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.model import INPUT_NAMES
 
@@ -42,7 +42,6 @@ __all__ = [
     "TorchBackend",
     "backend_for_path",
     "create_backend",
-    "load_model",
     "state_dict_sha256",
 ]
 
@@ -72,6 +71,8 @@ class Backend(ABC):
     preferred_tile: tuple[int, int] | None = None
     #: Largest batch the backend accepts in one call (an export's batch bound); ``None`` = any.
     max_batch: int | None = None
+    #: The HR / LR scale the model was trained for (the pipeline refuses another); ``None`` = not recorded.
+    scale: int | None = None
 
     @property
     def config(self) -> Any:
@@ -109,16 +110,23 @@ class TorchBackend(Backend):
     ``check_inputs=False`` (default) skips the model's own input validation during :meth:`run`: the pipeline has
     already validated sizes and finiteness, and the model's ``isfinite(...).all()`` checks would force a host-device
     synchronisation per batch, defeating the stream overlap on a GPU. The model's setting is restored after each call.
+
+    ``half``: run under autocast, ``True`` / ``"fp16"`` for float16, ``"bf16"`` for bfloat16 (the norms, Gram
+    matrices, softmax and matching stay float32: the ops' float32 islands); the output is float32. Meant for GPUs
+    (tensor cores); CPU autocast works too but is rarely faster. Unverified on a GPU.
     """
 
     name = "torch"
 
     def __init__(
-        self, model: nn.Module, device: str | torch.device = "cpu", compile: bool = False, check_inputs: bool = False
+        self, model: nn.Module, device: str | torch.device = "cpu", compile: bool = False, check_inputs: bool = False,
+        half: bool | str = False,
     ) -> None:
         self.device = _resolve_device(device)
+        self.autocast_dtype = _autocast_dtype(half)
         self.model = model.eval().to(self.device)
         self.bands = int(model.config.bands)
+        self.scale = int(model.config.scale)
         self.batch_independent = getattr(model, "batchnorm_mode", "running") != "batch"
         self.compiled = bool(compile)
         self.check_inputs = bool(check_inputs)
@@ -128,8 +136,11 @@ class TorchBackend(Backend):
         previous = getattr(self.model, "validate_inputs", True)
         self.model.validate_inputs = self.check_inputs
         try:
-            with torch.inference_mode():
-                return self._fn(*inputs)
+            if self.autocast_dtype is None:
+                with torch.inference_mode():
+                    return self._fn(*inputs)
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                return self._fn(*inputs).float()
         finally:
             self.model.validate_inputs = previous
 
@@ -139,6 +150,7 @@ class TorchBackend(Backend):
             "backend": self.name,
             "device": str(self.device),
             "compiled": self.compiled,
+            "autocast": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else None,
             "batchnorm_mode": getattr(self.model, "batchnorm_mode", None),
             "bands": cfg.bands,
         }
@@ -177,6 +189,16 @@ class ExportedModelBackend(Backend):
         return out[:b] if pad else out
 
 
+def _autocast_dtype(half: bool | str) -> torch.dtype | None:
+    if half is False or half is None:
+        return None
+    table = {True: torch.float16, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16}
+    if half not in table:
+        raise InputValidationError(f"half must be True, 'fp16' or 'bf16'; got {half!r}")
+    return table[half]
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -184,53 +206,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputValidationError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]'")
     return dev
-
-
-def load_model(
-    preset: str = "tiny",
-    weights: str | os.PathLike | None = None,
-    *,
-    bands: int = 31,
-    batchnorm_mode: str = "running",
-    seed: int | None = 0,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build a preset and load ``weights`` (.safetensors, or an official / own .pth checkpoint).
-
-    Without ``weights`` the model keeps random initial weights (seeded with ``seed``), and the returned info says so:
-    only useful for tests, benchmarks and the demo. Returns ``(model, info)`` where ``info`` holds ``preset``,
-    ``weights`` (file name or ``"random"``), ``weights_sha256`` (:func:`state_dict_sha256` of the loaded tensors),
-    ``weights_file_sha256`` (when loaded from a file) and ``random_weights``.
-    """
-    from sschsr_deploy.checkpoint import load_into, load_official_checkpoint, load_safetensors
-    from sschsr_deploy.io.atomic import file_sha256
-    from sschsr_deploy.model import SSCHSR
-
-    try:
-        if seed is not None and weights is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                model = SSCHSR.from_preset(preset, batchnorm_mode=batchnorm_mode, bands=bands)
-        else:
-            model = SSCHSR.from_preset(preset, batchnorm_mode=batchnorm_mode, bands=bands)
-    except ValueError as exc:
-        raise InputValidationError(str(exc)) from None
-    info: dict[str, Any] = {"preset": preset, "bands": bands, "batchnorm_mode": batchnorm_mode}
-    if weights is None:
-        info.update(weights="random", random_weights=True, weights_seed=seed, weights_sha256=state_dict_sha256(model))
-        return model.eval(), info
-    path = Path(weights)
-    if not path.exists():
-        raise InputValidationError(f"weights file not found: {path}")
-    if path.suffix.lower() == ".safetensors":
-        sd, _ = load_safetensors(path)
-    else:
-        sd = load_official_checkpoint(path)
-    load_into(model, sd, strict=True)
-    # weights_sha256 names the tensors (checkpoint.state_dict_sha256), like ONNX metadata and engine sidecars, so the
-    # same weights carry the same name whatever file format they came in; the file's own hash is kept beside it
-    info.update(weights=path.name, random_weights=False, weights_sha256=state_dict_sha256(model),
-                weights_file_sha256=file_sha256(path))
-    return model.eval(), info
 
 
 def create_backend(name: str, model_or_engine: Any, device: str | torch.device = "cpu", **options: Any) -> Backend:
@@ -302,6 +277,8 @@ class ExportSpec:
     batch_max: int | None
     batch_independent: bool
     metadata: Mapping[str, str]
+    #: the scale the exported weights were trained for (``None`` when the file does not record it)
+    scale: int | None = None
 
     @property
     def fixed_tile(self) -> bool:
@@ -376,6 +353,7 @@ class ExportSpec:
             bands=int(bands), tile_min=tile_min, tile_max=tile_max, tile=tile,  # type: ignore[arg-type]
             batch_min=int(b_lo), batch_max=None if b_hi is None else int(b_hi),
             batch_independent=meta.get("batchnorm_mode", "running") != "batch", metadata=meta,
+            scale=_meta_int(meta, "scale", source),
         )
 
     def config(self) -> Any:
@@ -386,7 +364,15 @@ class ExportSpec:
         preset = self.metadata.get("preset")
         if preset not in PRESETS:
             return None
-        return get_preset(preset, bands=self.bands)
+        fields: dict[str, Any] = {"bands": self.bands}
+        if self.scale is not None:
+            fields["scale"] = self.scale
+        if self.metadata.get("rgb_bands"):
+            from sschsr_deploy.weights import ModelMeta
+
+            fields["rgb_bands"] = ModelMeta.from_metadata(
+                self.metadata, "the exported model", defaults=ModelMeta(preset, 1, self.bands, (0, 0, 0))).rgb_bands
+        return get_preset(preset, **fields)
 
     def describe(self) -> dict[str, Any]:
         """The window and batch limits, for backend descriptions (output sidecars)."""

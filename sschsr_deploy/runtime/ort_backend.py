@@ -118,6 +118,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
         self.tile_bounds = self.spec.tile_bounds
         self.preferred_tile = self.spec.tile
         self.max_batch = self.spec.batch_max
+        self.scale = self.spec.scale
         self._config = self.spec.config()
         if meta.get("weights_source", "").startswith("random"):
             log.warning("RANDOM WEIGHTS: %s was exported from an untrained network (%s); the output is NOT a "

@@ -300,6 +300,7 @@ class Pipeline:
             maximum batch).
         quiet: no progress bar.
         compile: ``torch.compile`` the model (torch backend only).
+        half: autocast float16 (``True`` / ``"fp16"``) or bfloat16 (``"bf16"``), torch backend only; for GPUs.
         rgb_bands: pseudo-RGB band triple (default: the model config's, (15, 8, 3) for 31 bands).
         normalize: min-max normalise the LR cube (see :func:`sschsr_deploy.preprocess.prepare_inputs`).
         output_scale: ``"input"`` maps the output back to the LR cube's value range (undoing the normalisation);
@@ -307,7 +308,7 @@ class Pipeline:
         memory_budget: bytes for ``tile="auto"`` (default: half the available RAM on CPU, 80 % of free GPU memory).
         depth: batches in flight on a GPU.
         model_info: what to record about the model in output sidecars (from
-            :func:`~sschsr_deploy.runtime.backends.load_model`); derived from the model (or the exported file's
+            :func:`~sschsr_deploy.weights.load_model`); derived from the model (or the exported file's
             metadata) when omitted.
         backend_options: extra keyword arguments for the backend (``threads`` for onnxruntime, ``cuda_graph`` /
             ``expect`` for tensorrt, ``check_inputs`` for torch).
@@ -325,6 +326,7 @@ class Pipeline:
         quiet: bool = False,
         *,
         compile: bool = False,
+        half: bool | str = False,
         rgb_bands: Sequence[int] | None = None,
         normalize: bool = True,
         output_scale: str = "input",
@@ -337,8 +339,12 @@ class Pipeline:
         if not isinstance(model_or_engine, Backend):
             if str(backend).lower() == "torch":
                 options.setdefault("compile", compile)
-            elif compile:
-                raise InputValidationError(f"compile=True applies to the torch backend only (backend={backend!r})")
+                options.setdefault("half", half)
+            elif compile or half:
+                raise InputValidationError(
+                    f"{'compile' if compile else 'half'}=True applies to the torch backend only (backend={backend!r}; "
+                    "an exported model's precision is chosen at export)"
+                )
         self.backend = create_backend(backend, model_or_engine, device, **options)
         if isinstance(tile, str) and tile not in ("auto", "default"):
             try:
@@ -371,6 +377,43 @@ class Pipeline:
         # validate the geometry now rather than after preprocessing
         if self.tile != "auto":
             plan_tiles(4096, 4096, self.tile, self.overlap, self.margin)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        tile: int | tuple[int, int] | str | None = "default",
+        backend: str | None = None,
+        scale: int | None = None,
+        bands: int | None = None,
+        rgb_bands: Sequence[int] | None = None,
+        batchnorm_mode: str | None = None,
+        **options: Any,
+    ) -> Pipeline:
+        """A pipeline in one line from a shipped name (``"tiny-x4"``), a weights file (``.safetensors`` / official
+        ``.pth``; torch backend, see :func:`sschsr_deploy.weights.load_model` for how ``scale`` / ``bands`` /
+        ``rgb_bands`` / ``batchnorm_mode`` are checked or set) or an exported model (``.onnx`` → onnxruntime,
+        ``.engine`` / ``.plan`` → tensorrt). ``options``: the other constructor arguments (``batch``, ``half``...).
+        """
+        from sschsr_deploy.runtime.backends import ENGINE_SUFFIXES
+        from sschsr_deploy.weights import load_model
+
+        suffix = Path(os.fspath(source)).suffix.lower()
+        if suffix in ENGINE_SUFFIXES:
+            given = {k: v for k, v in dict(scale=scale, bands=bands, rgb_bands=rgb_bands,
+                                           batchnorm_mode=batchnorm_mode).items() if v is not None}
+            if given:
+                raise InputValidationError(
+                    f"{', '.join(given)} cannot be set for an exported model ({Path(source).name} records its own)"
+                )
+            return cls(source, backend=backend or ENGINE_SUFFIXES[suffix], device=device, tile=tile, **options)
+        if backend not in (None, "torch"):
+            raise InputValidationError(f"backend {backend!r} runs an exported model (.onnx / .engine); weights "
+                                       f"{Path(os.fspath(source)).name} run on the torch backend")
+        model, info = load_model(source, scale=scale, bands=bands, rgb_bands=rgb_bands, batchnorm_mode=batchnorm_mode)
+        return cls(model, backend="torch", device=device, tile=tile, model_info=info, **options)
 
     # ------------------------------------------------------------------ planning
     def _resolve_tile(self, tile: Any) -> Any:
@@ -475,10 +518,31 @@ class Pipeline:
                 "or build the model with a matching band count: --bands / SSCHSR.from_preset(..., bands=N))"
             )
 
-    def prepare(self, lr: HSICube, ref_rgb: Any, scale: int) -> PreparedScene:
-        """Validate the inputs and run the whole-image preprocessing."""
+    def resolve_scale(self, scale: int | None) -> int:
+        """The scale to run: the model's own (recorded in its weights / export) when ``scale`` is ``None``; a
+        requested scale must equal it (a x4 model run on x8 data gives wrong results, not an error)."""
+        model_scale = self.backend.scale
+        if scale is None:
+            if model_scale is None:
+                raise InputValidationError(
+                    f"the {self.backend.name} model does not record the scale it was trained for: pass scale "
+                    "(--scale)"
+                )
+            return model_scale
+        scale = _check_scale(scale)
+        if model_scale is not None and scale != model_scale:
+            info = self.model_info()
+            what = info.get("weights") or info.get("model_file") or f"the {self.backend.name} model"
+            raise InputValidationError(
+                f"scale {scale} was requested but {what} was trained for x{model_scale}: use weights made for "
+                f"x{scale} (e.g. tiny-x{scale}) or omit the scale to run x{model_scale}"
+            )
+        return scale
+
+    def prepare(self, lr: HSICube, ref_rgb: Any, scale: int | None = None) -> PreparedScene:
+        """Validate the inputs and run the whole-image preprocessing (``scale``: see :meth:`resolve_scale`)."""
         self._check_bands(lr)
-        return PreparedScene(lr, ref_rgb, scale, self.rgb_bands, self.normalize)
+        return PreparedScene(lr, ref_rgb, self.resolve_scale(scale), self.rgb_bands, self.normalize)
 
     def _host_batches(self, scene: PreparedScene, windows: list[Window], batch: int) -> Iterator[HostBatch]:
         for i in range(0, len(windows), batch):
@@ -526,12 +590,14 @@ class Pipeline:
         self,
         lr_hsi: Any,
         ref_rgb: Any,
-        scale: int,
+        scale: int | None = None,
         *,
         layout: str | None = None,
         out: Any = None,
     ) -> Any:
         """Super-resolve ``lr_hsi`` (h x w x C) with ``ref_rgb`` (h·scale x w·scale x 3) and return the HR cube.
+
+        ``scale`` defaults to the model's (recorded in its weights or export); another one is refused.
 
         ``layout`` is the cube layout (default: ``"hwc"`` for numpy, ``"chw"`` for torch; see the module docstring);
         the output uses the same kind and layout. ``out`` (optional) is a preallocated array-like of the output
@@ -587,7 +653,7 @@ class Pipeline:
         self,
         hsi_path: str | Path,
         ref_path: str | Path,
-        scale: int,
+        scale: int | None,
         out_path: str | Path,
         *,
         format: str | None = None,
@@ -599,6 +665,8 @@ class Pipeline:
         extra_info: dict[str, Any] | None = None,
     ) -> Path:
         """Read the LR cube (lazily where possible) and the reference, write the HR cube atomically (+ JSON sidecar).
+
+        ``scale``: ``None`` for the model's own; another one is refused (see :meth:`resolve_scale`).
 
         The output file appears only when complete; on any error, nothing is left under ``out_path``.
         """

@@ -109,6 +109,7 @@ class TensorRTBackend(ExportedModelBackend):
         self.tile_bounds = self.spec.tile_bounds
         self.preferred_tile = self.spec.tile
         self.max_batch = self.spec.batch_max
+        self.scale = self.spec.scale
         self._config = self.spec.config()
         if str((self.sidecar.get("onnx") or {}).get("weights_source", "")).startswith("random"):
             log.warning("RANDOM WEIGHTS: %s was built from an untrained network; the output is NOT a super-resolved "
