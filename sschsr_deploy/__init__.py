@@ -12,9 +12,8 @@ its own, so exported programs and scripted code that name them load. The entry p
 
 from typing import Any
 
-__version__ = "0.1.0"
-
-from . import ops  # noqa: E402, F401 - registers torch.ops.sschsr.* (reference, native and Triton implementations)
+from . import ops  # noqa: F401 - registers torch.ops.sschsr.* (reference, native and Triton implementations)
+from ._version import __version__
 
 __all__ = ["Pipeline", "__version__", "load_model", "ops"]
 

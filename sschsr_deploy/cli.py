@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sschsr_deploy import __version__
+from sschsr_deploy._version import __version__
 from sschsr_deploy.errors import SSCHSRError
 
 __all__ = ["main"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -231,6 +230,7 @@ class _Pointwise(Backend):
     """A per-pixel stand-in with an export's limits: windows must be within ``bounds``."""
 
     name = "fake-export"
+    config = None  # a ModelConfig when a test gives one (the pipeline reads it for tile="auto")
 
     def __init__(self, bounds, preferred=None, max_batch=None):
         self.device = torch.device("cpu")
@@ -268,7 +268,7 @@ def test_dynamic_tile_bounds():
     with pytest.raises(InputValidationError, match="exceed the largest"):
         whole.plan(200, 264)
     assert Pipeline(dyn, tile="auto", quiet=True).plan(1000, 1000).tile_h == 192  # no config: 256, clamped
-    dyn.model = SimpleNamespace(config=get_preset("tiny"))  # a known preset: the memory estimate decides
+    dyn.config = get_preset("tiny")  # a known preset: the memory estimate decides
     assert Pipeline(dyn, tile="auto", memory_budget=1 << 40, quiet=True).plan(184, 184).whole_image
     auto = Pipeline(dyn, tile="auto", memory_budget=estimate_forward_bytes("tiny", 136, 136), quiet=True)
     assert auto.plan(1000, 1000).tile_h == 136  # the largest tile the budget allows, within the bounds

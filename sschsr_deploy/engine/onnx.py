@@ -750,7 +750,7 @@ def export_onnx(
     :func:`check_onnx` (on a batch of ``check_batch``, default the minimum batch) and raises ``ExportCheckError``
     when one fails. Returns an :class:`ExportResult` (path, metadata, export time, parity).
     """
-    from .. import __version__
+    from .._version import __version__
     from ..model.presets import MIN_SIZE, SIZE_MULTIPLE
 
     if precision not in PRECISIONS:

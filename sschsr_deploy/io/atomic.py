@@ -159,7 +159,7 @@ def write_sidecar(output: PathLike, info: dict[str, Any]) -> Path:
     Added keys: ``output`` (file name), ``package`` (sschsr-deploy version), ``created_utc``, ``python``,
     ``platform`` and, when importable, ``torch``. Keys in ``info`` win over these.
     """
-    from sschsr_deploy import __version__
+    from sschsr_deploy._version import __version__
 
     meta: dict[str, Any] = {
         "output": Path(output).name,

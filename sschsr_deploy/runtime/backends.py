@@ -13,25 +13,23 @@ Three implementations, chosen by :func:`create_backend`:
 - ``"tensorrt"``: :class:`~sschsr_deploy.runtime.trt_backend.TensorRTBackend` on an engine built by
   :func:`sschsr_deploy.engine.tensorrt.build_engine` (unverified: no TensorRT here).
 
-The last two are imported on use, so neither onnxruntime nor TensorRT is needed to import this module.
+The interface lives in :mod:`.backend_base`, each implementation in its own module; this module is the factory on
+top. The engine backends are imported on use, so neither onnxruntime nor TensorRT is needed to import it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from sschsr_deploy.checkpoint import state_dict_sha256  # noqa: F401 - re-exported (runtime.state_dict_sha256)
+from sschsr_deploy.checkpoint import state_dict_sha256
 from sschsr_deploy.errors import InputValidationError
-from sschsr_deploy.model import INPUT_NAMES
+from sschsr_deploy.runtime.backend_base import Backend, ExportedModelBackend, ExportSpec, resolve_device
+from sschsr_deploy.runtime.torch_backend import TorchBackend
 
 __all__ = [
     "BACKENDS",
@@ -42,170 +40,15 @@ __all__ = [
     "TorchBackend",
     "backend_for_path",
     "create_backend",
+    "resolve_device",
     "state_dict_sha256",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Backend names :func:`create_backend` knows, and whether they are implemented.
 BACKENDS = {"torch": True, "onnxruntime": True, "tensorrt": True}
 
 #: File suffixes of the exported models each engine backend reads (used to infer the backend from a path).
 ENGINE_SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
-
-
-class Backend(ABC):
-    """Runs the network on batches of windows. Subclasses set ``name``, ``device`` and ``bands``."""
-
-    name: str = "?"
-    device: torch.device
-    bands: int
-    #: False when a window's output depends on the other windows in its batch (batch-statistics batch norm): the
-    #: pipeline then runs one window per batch.
-    batch_independent: bool = True
-    #: ((min_h, min_w), (max_h, max_w)): the window sizes an exported model accepts; ``None`` = any valid size.
-    #: A fixed-shape export has min == max, and the pipeline then runs exactly that window size.
-    tile_bounds: tuple[tuple[int, int], tuple[int, int]] | None = None
-    #: The window size (h, w) to use when the caller does not choose one (an export's traced tile); ``None`` = the
-    #: pipeline's default.
-    preferred_tile: tuple[int, int] | None = None
-    #: Largest batch the backend accepts in one call (an export's batch bound); ``None`` = any.
-    max_batch: int | None = None
-    #: The HR / LR scale the model was trained for (the pipeline refuses another); ``None`` = not recorded.
-    scale: int | None = None
-
-    @property
-    def config(self) -> Any:
-        """The model's ``ModelConfig`` when known (rgb bands, memory estimates for ``tile="auto"``), else ``None``."""
-        return getattr(getattr(self, "model", None), "config", None)
-
-    @abstractmethod
-    def run(self, *inputs: Tensor) -> Tensor:
-        """Forward the five inputs (B x C x h x w float32 on ``device``); return B x bands x h x w float32."""
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-friendly description for the output sidecar."""
-        return {"backend": self.name, "device": str(self.device)}
-
-    def model_info(self) -> dict[str, Any]:
-        """What the output sidecar records about the model (preset, weights hash); empty when unknown."""
-        return {}
-
-    def warmup(self, height: int, width: int, batch: int = 1) -> None:
-        """Run once on zeros of the given window size (compilation, cuDNN autotuning, allocator warm-up)."""
-        shapes = [(batch, self.bands, height, width)] + [(batch, 3, height, width)] * 4
-        with torch.inference_mode():
-            inputs = [torch.zeros(s, device=self.device) for s in shapes]
-            inputs[1] += 0.5  # constant images are fine for the network; avoid exact zeros in the normalisations
-            self.run(*inputs)
-
-
-class TorchBackend(Backend):
-    """Eager PyTorch (``torch.inference_mode``), optionally through ``torch.compile``.
-
-    The model is put in ``eval()`` mode and moved to ``device``. ``compile=True`` wraps it in ``torch.compile``
-    (dynamic=False: the pipeline feeds one window shape, plus possibly a smaller last batch). ``channels_last`` and
-    reduced precision are left to later work.
-
-    ``check_inputs=False`` (default) skips the model's own input validation during :meth:`run`: the pipeline has
-    already validated sizes and finiteness, and the model's ``isfinite(...).all()`` checks would force a host-device
-    synchronisation per batch, defeating the stream overlap on a GPU. The model's setting is restored after each call.
-
-    ``half``: run under autocast, ``True`` / ``"fp16"`` for float16, ``"bf16"`` for bfloat16 (the norms, Gram
-    matrices, softmax and matching stay float32: the ops' float32 islands); the output is float32. Meant for GPUs
-    (tensor cores); CPU autocast works too but is rarely faster. Unverified on a GPU.
-    """
-
-    name = "torch"
-
-    def __init__(
-        self, model: nn.Module, device: str | torch.device = "cpu", compile: bool = False, check_inputs: bool = False,
-        half: bool | str = False,
-    ) -> None:
-        self.device = _resolve_device(device)
-        self.autocast_dtype = _autocast_dtype(half)
-        self.model = model.eval().to(self.device)
-        self.bands = int(model.config.bands)
-        self.scale = int(model.config.scale)
-        self.batch_independent = getattr(model, "batchnorm_mode", "running") != "batch"
-        self.compiled = bool(compile)
-        self.check_inputs = bool(check_inputs)
-        self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
-
-    def run(self, *inputs: Tensor) -> Tensor:
-        previous = getattr(self.model, "validate_inputs", True)
-        self.model.validate_inputs = self.check_inputs
-        try:
-            if self.autocast_dtype is None:
-                with torch.inference_mode():
-                    return self._fn(*inputs)
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                return self._fn(*inputs).float()
-        finally:
-            self.model.validate_inputs = previous
-
-    def describe(self) -> dict[str, Any]:
-        cfg = self.model.config
-        return {
-            "backend": self.name,
-            "device": str(self.device),
-            "compiled": self.compiled,
-            "autocast": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else None,
-            "batchnorm_mode": getattr(self.model, "batchnorm_mode", None),
-            "bands": cfg.bands,
-        }
-
-
-class ExportedModelBackend(Backend):
-    """Shared by the backends of exported models (ONNX Runtime, TensorRT): their graphs accept a bounded batch and
-    window size (``spec``), so :meth:`run` checks the window, splits batches above the export's maximum and pads
-    batches below its minimum (repeating the last window, whose outputs are dropped). Subclasses set ``spec``,
-    ``_source`` (the file, for messages) and ``_config`` and implement :meth:`_run_batch`."""
-
-    spec: ExportSpec
-    _source: str
-    _config: Any = None
-
-    @property
-    def config(self) -> Any:
-        return self._config
-
-    @abstractmethod
-    def _run_batch(self, inputs: tuple[Tensor, ...]) -> Tensor:
-        """Forward one batch the export accepts; return B x bands x h x w float32 on ``device``."""
-
-    def run(self, *inputs: Tensor) -> Tensor:
-        if len(inputs) != len(INPUT_NAMES):
-            raise InputValidationError(f"the tile network takes {len(INPUT_NAMES)} inputs, got {len(inputs)}")
-        self.spec.check_window(inputs[0].shape, self._source)
-        b = int(inputs[0].shape[0])
-        cap = self.spec.batch_max
-        if cap is not None and b > cap:  # more windows than the export allows: in chunks
-            return torch.cat([self.run(*(t[i:i + cap] for t in inputs)) for i in range(0, b, cap)])
-        pad = max(0, self.spec.batch_min - b)
-        if pad:  # exported for a larger minimum batch: repeat the last window, drop its outputs
-            inputs = tuple(torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs)
-        out = self._run_batch(tuple(inputs))
-        return out[:b] if pad else out
-
-
-def _autocast_dtype(half: bool | str) -> torch.dtype | None:
-    if half is False or half is None:
-        return None
-    table = {True: torch.float16, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16}
-    if half not in table:
-        raise InputValidationError(f"half must be True, 'fp16' or 'bf16'; got {half!r}")
-    return table[half]
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputValidationError(f"device {device!r} requested but CUDA is not available here (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputValidationError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]'")
-    return dev
 
 
 def create_backend(name: str, model_or_engine: Any, device: str | torch.device = "cpu", **options: Any) -> Backend:
@@ -252,174 +95,6 @@ def backend_for_path(path: str | os.PathLike) -> str:
             f"{', '.join(f'{k} -> {v}' for k, v in ENGINE_SUFFIXES.items())}); pass --backend / backend= explicitly"
         )
     return ENGINE_SUFFIXES[suffix]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# what an exported model fixes (shared by the ONNX Runtime and TensorRT backends)
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """Input limits of an exported tile network, from its graph's input shape and the export metadata.
-
-    The graph is authoritative (it is what runs); the metadata (:func:`sschsr_deploy.engine.onnx.export_onnx`'s
-    ``metadata_props``, also kept in engine sidecars) fills in what the graph leaves symbolic (the bounds of a
-    dynamic tile or batch) and must agree with it, so a file whose metadata was edited or mixed up is refused.
-    """
-
-    bands: int
-    #: (h, w) bounds of the window size; ``None`` when the graph's spatial axes are dynamic with no recorded bounds.
-    tile_min: tuple[int, int] | None
-    tile_max: tuple[int, int] | None
-    #: the traced (TensorRT-optimal) tile, when known
-    tile: tuple[int, int] | None
-    batch_min: int
-    batch_max: int | None
-    batch_independent: bool
-    metadata: Mapping[str, str]
-    #: the scale the exported weights were trained for (``None`` when the file does not record it)
-    scale: int | None = None
-
-    @property
-    def fixed_tile(self) -> bool:
-        return self.tile_min is not None and self.tile_min == self.tile_max
-
-    @property
-    def tile_bounds(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
-        if self.tile_min is None or self.tile_max is None:
-            return None
-        return self.tile_min, self.tile_max
-
-    @classmethod
-    def from_export(
-        cls,
-        metadata: Mapping[str, str],
-        hsi_shape: Sequence[Any],
-        out_channels: Any = None,
-        source: str = "the model",
-    ) -> ExportSpec:
-        """Build the spec; ``hsi_shape``: the 4 dims of the ``hsi_sr`` input (ints, or str / None / -1 for dynamic).
-
-        Raises :class:`InputValidationError` when the model is not a tile network or its graph and metadata disagree.
-        """
-        meta = {str(k): str(v) for k, v in metadata.items()}
-        part = meta.get("part", "tile")
-        if part != "tile":
-            raise InputValidationError(
-                f"{source} is the {part!r} part of the network (export_onnx part={part!r}); the pipeline runs the "
-                "whole per-tile network: export it with part='tile' (export/export_onnx.py --part tile)"
-            )
-        if len(hsi_shape) != 4:
-            raise InputValidationError(f"{source}: input hsi_sr has {len(hsi_shape)} dims, expected 4 (B x C x H x W)")
-        dims = [_static_dim(d) for d in hsi_shape]
-        meta_bands = _meta_int(meta, "bands", source)
-        bands = dims[1] if dims[1] is not None else meta_bands
-        if bands is None:
-            raise InputValidationError(f"{source}: the band count is neither in the graph nor in its metadata")
-        if meta_bands is not None and meta_bands != bands:
-            raise InputValidationError(
-                f"{source}: its graph takes {bands} bands but its metadata says {meta_bands}; the file is inconsistent "
-                "(edited or mixed up): export it again"
-            )
-        out_c = _static_dim(out_channels)
-        if out_c is not None and out_c != bands:
-            raise InputValidationError(f"{source}: it takes {bands} bands but outputs {out_c}; not an SSC-HSR tile "
-                                       "network")
-        t_min, t_max = _meta_size(meta, "tile_min", source), _meta_size(meta, "tile_max", source)
-        traced = (_meta_int(meta, "tile_height", source), _meta_int(meta, "tile_width", source))
-        lo: list[int | None] = [None, None]
-        hi: list[int | None] = [None, None]
-        for axis in (0, 1):
-            d = dims[2 + axis]
-            if d is not None:  # fixed in the graph: the metadata must agree
-                for what, v in (("tile_min", t_min), ("tile_max", t_max)):
-                    if v is not None and v[axis] != d:
-                        raise InputValidationError(
-                            f"{source}: its graph has a fixed {'height' if axis == 0 else 'width'} of {d} px but its "
-                            f"metadata {what} is {v[0]}x{v[1]}; the file is inconsistent: export it again"
-                        )
-                lo[axis] = hi[axis] = d
-            elif t_min is not None and t_max is not None:
-                lo[axis], hi[axis] = t_min[axis], t_max[axis]
-        tile_min = (lo[0], lo[1]) if None not in lo else None
-        tile_max = (hi[0], hi[1]) if None not in hi else None
-        tile = (traced[0], traced[1]) if None not in traced else tile_min if tile_min == tile_max else None
-        if dims[0] is not None:
-            b_lo, b_hi = dims[0], dims[0]
-        else:
-            b_lo = _meta_int(meta, "batch_min", source) or 1
-            b_hi = _meta_int(meta, "batch_max", source)
-        return cls(
-            bands=int(bands), tile_min=tile_min, tile_max=tile_max, tile=tile,  # type: ignore[arg-type]
-            batch_min=int(b_lo), batch_max=None if b_hi is None else int(b_hi),
-            batch_independent=meta.get("batchnorm_mode", "running") != "batch", metadata=meta,
-            scale=_meta_int(meta, "scale", source),
-        )
-
-    def config(self) -> Any:
-        """The ``ModelConfig`` of the recorded preset with these bands (for rgb bands and memory estimates), or
-        ``None`` for a custom model."""
-        from sschsr_deploy.model.presets import PRESETS, get_preset
-
-        preset = self.metadata.get("preset")
-        if preset not in PRESETS:
-            return None
-        fields: dict[str, Any] = {"bands": self.bands}
-        if self.scale is not None:
-            fields["scale"] = self.scale
-        if self.metadata.get("rgb_bands"):
-            from sschsr_deploy.weights import ModelMeta
-
-            fields["rgb_bands"] = ModelMeta.from_metadata(
-                self.metadata, "the exported model", defaults=ModelMeta(preset, 1, self.bands, (0, 0, 0))).rgb_bands
-        return get_preset(preset, **fields)
-
-    def describe(self) -> dict[str, Any]:
-        """The window and batch limits, for backend descriptions (output sidecars)."""
-        return {
-            "tile": list(self.tile) if self.tile else None,
-            "tile_bounds": [list(self.tile_min), list(self.tile_max)] if self.tile_bounds else None,
-            "batch_range": [self.batch_min, self.batch_max],
-        }
-
-    def check_window(self, shape: Sequence[int], source: str) -> None:
-        """Refuse a batch of windows (B x C x h x w) whose size the export cannot run."""
-        h, w = int(shape[2]), int(shape[3])
-        if self.tile_min is not None and self.tile_max is not None:
-            if not (self.tile_min[0] <= h <= self.tile_max[0] and self.tile_min[1] <= w <= self.tile_max[1]):
-                allowed = (f"{self.tile_min[0]}x{self.tile_min[1]}" if self.fixed_tile else
-                           f"{self.tile_min[0]}x{self.tile_min[1]} .. {self.tile_max[0]}x{self.tile_max[1]}")
-                raise InputValidationError(
-                    f"{source} runs {allowed} windows only; got {h}x{w} (use tile={self.tile_min[0]}, or export "
-                    "with tile_min/tile_max for a dynamic tile size)"
-                )
-
-
-def _static_dim(d: Any) -> int | None:
-    if isinstance(d, bool):
-        return None
-    if isinstance(d, int) and d > 0:
-        return int(d)
-    return None
-
-
-def _meta_int(meta: Mapping[str, str], key: str, source: str) -> int | None:
-    if key not in meta or meta[key] in ("", "None"):
-        return None
-    try:
-        return int(meta[key])
-    except ValueError:
-        raise InputValidationError(f"{source}: metadata {key}={meta[key]!r} is not an integer") from None
-
-
-def _meta_size(meta: Mapping[str, str], key: str, source: str) -> tuple[int, int] | None:
-    if key not in meta:
-        return None
-    try:
-        h, w = (int(v) for v in meta[key].lower().split("x"))
-    except ValueError:
-        raise InputValidationError(f"{source}: metadata {key}={meta[key]!r} is not HxW") from None
-    return h, w
 
 
 def __getattr__(name: str) -> Any:

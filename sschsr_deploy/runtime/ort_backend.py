@@ -8,7 +8,7 @@ What the backend reads from the file, and why:
 
 - the graph's five inputs (named as ``sschsr_deploy.model.INPUT_NAMES``) and their shapes, and the export metadata
   (``metadata_props``): the band count, the window size (fixed, or the bounds of a dynamic tile), the batch bounds
-  and the batch-norm mode, checked against each other (:class:`~sschsr_deploy.runtime.backends.ExportSpec`); the
+  and the batch-norm mode, checked against each other (:class:`~sschsr_deploy.runtime.backend_base.ExportSpec`); the
   pipeline then plans windows the graph can take (a fixed-tile export forces its tile);
 - the input element type (float32, or float16 for graphs exported with float16 inputs): inputs are cast to it;
 - ``sschsr`` custom-domain nodes (``ops="custom"`` exports for our TensorRT plugins): ONNX Runtime has no kernels for
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from sschsr_deploy.errors import InputValidationError, SSCHSRError
 from sschsr_deploy.model import INPUT_NAMES
-from sschsr_deploy.runtime.backends import ExportedModelBackend, ExportSpec, _resolve_device
+from sschsr_deploy.runtime.backend_base import ExportedModelBackend, ExportSpec, resolve_device
 
 __all__ = ["OnnxRuntimeBackend", "custom_op_nodes"]
 
@@ -80,7 +80,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
                  threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cuda" and (self.device.index or 0) != 0:
             raise InputValidationError(
                 f"the onnxruntime backend runs on cuda:0 only (got {self.device}); select the GPU with "

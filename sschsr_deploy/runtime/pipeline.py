@@ -45,7 +45,7 @@ from sschsr_deploy import preprocess
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.hsi import HSICube, HSIWriter, as_cube, format_from_path, read_hsi
 from sschsr_deploy.io.rgb import read_rgb
-from sschsr_deploy.runtime.backends import Backend, create_backend, state_dict_sha256
+from sschsr_deploy.runtime.backends import Backend, create_backend
 from sschsr_deploy.runtime.blender import StreamingBlender
 from sschsr_deploy.runtime.planner import (
     DEFAULT_MARGIN,
@@ -709,17 +709,7 @@ class Pipeline:
     def model_info(self) -> dict[str, Any]:
         """Preset, weights and weights hash, for sidecars (computed once)."""
         if self._model_info is None:
-            model = getattr(self.backend, "model", None)
-            info: dict[str, Any] = {}
-            if model is not None:
-                from sschsr_deploy.model.presets import PRESETS
-
-                cfg = model.config
-                info["preset"] = next((k for k, v in PRESETS.items() if v == cfg), "custom")
-                info["weights_sha256"] = state_dict_sha256(model)
-            else:  # an exported model: what its file records
-                info = self.backend.model_info()
-            self._model_info = info
+            self._model_info = self.backend.model_info()  # what the module or the exported file says
         return dict(self._model_info)
 
     def describe(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from sschsr_deploy.runtime.backends import Backend
+from sschsr_deploy.runtime.backend_base import Backend
 
 __all__ = ["HostBatch", "TileExecutor"]
 

@@ -14,7 +14,7 @@ Why it looks the way it does:
   deserializing: engines are not portable and a mismatched one must be refused, not run.
 - The input limits (bands, tile size, batch range) come from the sidecar's copy of the ONNX metadata, narrowed by
   the build's first optimisation profile (the one the execution context uses), and are checked against the engine's
-  tensor shapes (:class:`~sschsr_deploy.runtime.backends.ExportSpec`).
+  tensor shapes (:class:`~sschsr_deploy.runtime.backend_base.ExportSpec`).
 - Execution is enqueued on torch's current CUDA stream without a host synchronisation, so the pipeline's
   upload / compute / download streams keep overlapping.
 - ``cuda_graph=True``: per input shape (the pipeline uses at most two: full batches and a smaller last one), one
@@ -39,7 +39,7 @@ from torch import Tensor
 
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.model import INPUT_NAMES
-from sschsr_deploy.runtime.backends import ExportedModelBackend, ExportSpec, _resolve_device
+from sschsr_deploy.runtime.backend_base import ExportedModelBackend, ExportSpec, resolve_device
 
 __all__ = ["MAX_CUDA_GRAPHS", "TensorRTBackend"]
 
@@ -88,7 +88,7 @@ class TensorRTBackend(ExportedModelBackend):
                 f"the tensorrt backend needs a path to an engine file or a LoadedEngine; got {type(engine).__name__}"
             )
         require_tensorrt()  # TensorRTUnavailableError when TensorRT is not installed
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         with torch.cuda.device(self.device):  # TensorRT deserializes and allocates on the current device
             loaded = engine if isinstance(engine, LoadedEngine) else load_engine(path, expect=expect)
             self.runner = EngineRunner(loaded, self.device)
