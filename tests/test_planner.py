@@ -132,3 +132,47 @@ def test_memory_estimate_and_tile_choice(caplog):
     with caplog.at_level(logging.WARNING):
         assert choose_tile("tiny", 4096, 4096, budget_bytes=1) == 128
     assert "exceed the memory budget" in caplog.text
+
+
+# ---- negotiation: request x backend limits x memory -> one checked plan -------------------------------------------
+
+def test_resolve_tile_checks_a_request_once_without_an_image():
+    from sschsr_deploy.runtime.planner import TileLimits, resolve_tile
+
+    free = TileLimits()
+    assert resolve_tile("default", free) == 256 and resolve_tile((128, 192), free) == (128, 192)
+    assert resolve_tile("auto", free) == "auto" and resolve_tile(None, free) is None
+    with pytest.raises(InputValidationError, match="no stride"):
+        resolve_tile(128, free, overlap=64, margin=32)  # refused at once, not when a large image comes
+    with pytest.raises(InputValidationError, match="multiple of 8"):
+        resolve_tile(130, free)
+    fixed = TileLimits(((192, 192), (192, 192)), (192, 192), "onnxruntime")
+    assert resolve_tile("default", fixed) == resolve_tile("auto", fixed) == 192
+    with pytest.raises(InputValidationError, match="does not fit the onnxruntime model"):
+        resolve_tile(256, fixed)
+    with pytest.raises(InputValidationError, match="whole-image mode"):
+        resolve_tile(None, fixed)
+    dynamic = TileLimits(((128, 128), (192, 256)))
+    assert resolve_tile("default", dynamic) == (192, 256)
+
+
+def test_negotiate_plan_pads_up_to_the_minimum_and_refuses_beyond_the_maximum():
+    from sschsr_deploy.runtime.planner import TileLimits, negotiate_plan
+
+    limits = TileLimits(((256, 256), (256, 256)))
+    plan = negotiate_plan(128, 192, 256, limits)
+    assert (plan.tile_h, plan.tile_w, plan.padded_height, plan.padded_width) == (256, 256, 256, 256)
+    assert len(plan) == 1
+    with pytest.raises(InputValidationError, match="exceed the largest"):
+        negotiate_plan(300, 300, None, TileLimits(((128, 128), (256, 256))))
+
+
+def test_negotiate_plan_auto_follows_the_memory_budget_within_the_bounds():
+    from sschsr_deploy.runtime.planner import TileLimits, negotiate_plan
+
+    budget = estimate_forward_bytes("tiny", 136, 136)
+    plan = negotiate_plan(1000, 1000, "auto", TileLimits(((128, 128), (192, 192))), config="tiny", budget=budget)
+    assert plan.tile_h == 136
+    whole = negotiate_plan(184, 184, "auto", TileLimits(), config="tiny", budget=1 << 40)
+    assert whole.whole_image
+    assert negotiate_plan(1000, 1000, "auto", TileLimits(((128, 128), (192, 192)))).tile_h == 192  # no config

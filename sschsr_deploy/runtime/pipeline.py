@@ -27,7 +27,6 @@ Everything else — the network — runs per window, so peak memory is the tile 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -50,14 +49,12 @@ from sschsr_deploy.runtime.blender import StreamingBlender
 from sschsr_deploy.runtime.planner import (
     DEFAULT_MARGIN,
     DEFAULT_OVERLAP,
-    DEFAULT_TILE,
+    TileLimits,
     TilePlan,
     Window,
     available_memory,
-    choose_tile,
-    describe_budget,
-    padded_size,
-    plan_tiles,
+    negotiate_plan,
+    resolve_tile,
 )
 from sschsr_deploy.runtime.streams import HostBatch, TileExecutor
 
@@ -266,15 +263,6 @@ def _check_ref(ref: Any) -> np.ndarray:
     return np.ascontiguousarray(ref)
 
 
-def _square(size: tuple[int, int]) -> int | tuple[int, int]:
-    """``(h, w)`` as an int when square (the common case, and what the sidecar has always recorded)."""
-    return int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
-
-
-def _fmt(tile: Any) -> str:
-    return f"{tile[0]}x{tile[1]}" if isinstance(tile, tuple | list) else str(tile)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # the pipeline
 
@@ -353,7 +341,8 @@ class Pipeline:
                 raise InputValidationError(
                     f"tile must be an integer, 'auto', 'default' or None; got {tile!r}"
                 ) from None
-        self.tile = self._resolve_tile(tile)
+        self.limits = TileLimits(self.backend.tile_bounds, self.backend.preferred_tile, self.backend.name)
+        self.tile = resolve_tile(tile, self.limits, overlap, margin)  # checked once, here
         self.overlap = overlap
         self.margin = margin
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -374,9 +363,6 @@ class Pipeline:
         self._model_info = model_info
         self.last_plan: TilePlan | None = None
         self.last_timings: dict[str, float] = {}
-        # validate the geometry now rather than after preprocessing
-        if self.tile != "auto":
-            plan_tiles(4096, 4096, self.tile, self.overlap, self.margin)
 
     @classmethod
     def from_pretrained(
@@ -416,91 +402,16 @@ class Pipeline:
         return cls(model, backend="torch", device=device, tile=tile, model_info=info, **options)
 
     # ------------------------------------------------------------------ planning
-    def _resolve_tile(self, tile: Any) -> Any:
-        """The tile setting that fits the backend: exported models fix the tile size or bound it."""
-        bounds = self.backend.tile_bounds
-        preferred = self.backend.preferred_tile
-        if tile == "default":
-            if preferred is not None:
-                tile = _square(preferred)
-            elif bounds is not None:
-                (lo_h, lo_w), (hi_h, hi_w) = bounds
-                tile = _square((min(max(DEFAULT_TILE, lo_h), hi_h), min(max(DEFAULT_TILE, lo_w), hi_w)))
-            else:
-                tile = DEFAULT_TILE
-        if bounds is None or tile == "auto":
-            if tile == "auto" and bounds is not None and bounds[0] == bounds[1]:
-                log.info("tile='auto': the exported model runs %dx%d windows only", *bounds[0])
-                return _square(bounds[0])
-            return tile
-        (lo_h, lo_w), (hi_h, hi_w) = bounds
-        fixed = bounds[0] == bounds[1]
-        allowed = f"{lo_h}x{lo_w}" if fixed else f"{lo_h}x{lo_w} .. {hi_h}x{hi_w}"
-        if tile is None:
-            if fixed:
-                raise InputValidationError(
-                    f"whole-image mode (tile=None / --tile whole) needs a model that takes any size, but the "
-                    f"{self.backend.name} model runs {allowed} windows only: use tile={_fmt(bounds[0])} (or 'auto'), "
-                    "export with tile_min/tile_max for a dynamic tile size, or use the torch backend"
-                )
-            return None  # checked against the image size in plan()
-        th, tw = (int(tile[0]), int(tile[1])) if isinstance(tile, tuple | list) else (tile, tile)
-        if isinstance(th, bool) or not isinstance(th, int | np.integer):
-            return tile  # plan_tiles refuses it with its own message
-        if not (lo_h <= th <= hi_h and lo_w <= tw <= hi_w):
-            hint = (f"use tile={_fmt(bounds[0])} (or 'auto' / leave the default)" if fixed
-                    else f"use a tile within {allowed}")
-            raise InputValidationError(
-                f"tile {th}x{tw} does not fit the {self.backend.name} model, which runs {allowed} windows only "
-                f"(fixed at export): {hint}, or export the model again for this tile size"
-            )
-        return tile
-
     def plan(self, height: int, width: int) -> TilePlan:
-        """The tile plan for an HR image of ``height`` x ``width``."""
-        tile = self.tile
-        bounds = self.backend.tile_bounds
-        if tile == "auto":
+        """The tile plan for an HR image of ``height`` x ``width`` (:func:`~.planner.negotiate_plan`)."""
+        budget = None
+        if self.tile == "auto":
             budget = self.memory_budget
             if budget is None:
                 dev = str(self.backend.device)
                 budget = int(available_memory(dev) * (0.8 if dev.startswith("cuda") else 0.5))
-            if self.config is None:
-                tile = DEFAULT_TILE
-            else:
-                tile = choose_tile(self.config, height, width, budget, self._effective_batch())
-            if bounds is not None:  # a dynamic-tile export: stay within its bounds
-                (lo_h, lo_w), (hi_h, hi_w) = bounds
-                fits = padded_size(height) <= hi_h and padded_size(width) <= hi_w
-                if tile is not None or not fits:
-                    t = tile if tile is not None else max(hi_h, hi_w)
-                    tile = _square((min(max(t, lo_h), hi_h), min(max(t, lo_w), hi_w)))
-            log.info("tile='auto' with a budget of %s: %s", describe_budget(budget),
-                     "whole image" if tile is None else f"{_fmt(tile)} px tiles")
-        return self._fit_to_backend(plan_tiles(height, width, tile, self.overlap, self.margin))
-
-    def _fit_to_backend(self, plan: TilePlan) -> TilePlan:
-        """Make every window a size the backend takes: an image smaller than an export's minimum (or fixed) tile is
-        reflect-padded up to it, like the usual padding to 128 px; a whole image beyond its maximum is refused."""
-        bounds = self.backend.tile_bounds
-        if bounds is None:
-            return plan
-        (lo_h, lo_w), (hi_h, hi_w) = bounds
-        if plan.tile_h > hi_h or plan.tile_w > hi_w:
-            raise InputValidationError(
-                f"windows of {plan.tile_h}x{plan.tile_w} exceed the largest the {self.backend.name} model takes "
-                f"({hi_h}x{hi_w}): use a tile within its bounds instead of whole-image mode"
-            )
-        changes: dict[str, Any] = {}
-        if plan.tile_h < lo_h:  # only when the padded image is shorter than the tile: a single row of windows
-            changes.update(padded_height=lo_h, tile_h=lo_h, row_starts=(0,))
-        if plan.tile_w < lo_w:
-            changes.update(padded_width=lo_w, tile_w=lo_w, col_starts=(0,))
-        if changes:
-            log.info("the %dx%d image is padded to the model's %dx%d windows (reflection; cropped afterwards)",
-                     plan.height, plan.width, changes.get("tile_h", plan.tile_h), changes.get("tile_w", plan.tile_w))
-            plan = dataclasses.replace(plan, **changes)
-        return plan
+        return negotiate_plan(height, width, self.tile, self.limits, self.overlap, self.margin, config=self.config,
+                              budget=budget, batch=self._effective_batch())
 
     def _effective_batch(self) -> int:
         if not self.backend.batch_independent and self.batch > 1:

@@ -19,10 +19,15 @@ Geometry (per axis; rows and columns are planned independently):
 Memory: :func:`estimate_forward_bytes` predicts the model's peak working memory for a window (linear activations plus
 RAFT's all-pairs correlation pyramid, which is quadratic in the pixel count), and :func:`choose_tile` picks whole-image
 mode when the padded image fits the budget, else the largest tile that does.
+
+Negotiation: :func:`resolve_tile` checks a tile request once against the backend's limits (:class:`TileLimits`) and
+the geometry, before any image; :func:`negotiate_plan` turns it into the plan for one image (``"auto"`` from the memory
+budget, padding up to an export's minimum window). The pipeline checks tiles nowhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -37,6 +42,7 @@ __all__ = [
     "DEFAULT_MARGIN",
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
+    "TileLimits",
     "TilePlan",
     "Window",
     "available_memory",
@@ -44,8 +50,10 @@ __all__ = [
     "axis_weights",
     "choose_tile",
     "estimate_forward_bytes",
+    "negotiate_plan",
     "padded_size",
     "plan_tiles",
+    "resolve_tile",
 ]
 
 log = logging.getLogger(__name__)
@@ -338,3 +346,139 @@ def describe_budget(budget_bytes: int) -> str:
     """Human-readable memory size."""
     return f"{budget_bytes / 2**30:.2f} GiB" if budget_bytes >= 2**30 else f"{budget_bytes / 2**20:.0f} MiB"
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# negotiation: what the caller asks for, what the backend takes, what memory allows -> one checked plan
+
+Bounds = tuple[tuple[int, int], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class TileLimits:
+    """What a backend accepts: window sizes within ``bounds`` (``None`` = any valid size), its ``preferred`` window
+    (an export's traced tile) and a ``name`` for messages."""
+
+    bounds: Bounds | None = None
+    preferred: tuple[int, int] | None = None
+    name: str = "the"
+
+
+def _square(size: Sequence[int]) -> int | tuple[int, int]:
+    """``(h, w)`` as an int when square (the common case, and what sidecars have always recorded)."""
+    return int(size[0]) if size[0] == size[1] else (int(size[0]), int(size[1]))
+
+
+def _fmt(tile: object) -> str:
+    return f"{tile[0]}x{tile[1]}" if isinstance(tile, tuple | list) else str(tile)
+
+
+def _clamp(t: Sequence[int], bounds: Bounds) -> int | tuple[int, int]:
+    (lo_h, lo_w), (hi_h, hi_w) = bounds
+    return _square((min(max(t[0], lo_h), hi_h), min(max(t[1], lo_w), hi_w)))
+
+
+def resolve_tile(request: object, limits: TileLimits, overlap: int = DEFAULT_OVERLAP,
+                 margin: int = DEFAULT_MARGIN) -> int | tuple[int, int] | str | None:
+    """The tile setting, checked once, before any image: ``"default"`` becomes the backend's preferred window (or
+    256 clamped into its bounds), a tile outside the bounds or a geometry that leaves no stride is refused.
+
+    Returns an int / (h, w), ``None`` (whole image) or ``"auto"`` (decided per image by :func:`negotiate_plan`).
+    """
+    bounds, preferred = limits.bounds, limits.preferred
+    if request == "default":
+        if preferred is not None:
+            request = _square(preferred)
+        else:
+            request = DEFAULT_TILE if bounds is None else _clamp((DEFAULT_TILE, DEFAULT_TILE), bounds)
+    _check_multiple("overlap", overlap)
+    _check_multiple("margin", margin)
+    fixed = bounds is not None and bounds[0] == bounds[1]
+    if request == "auto":
+        if fixed:
+            log.info("tile='auto': the exported model runs %dx%d windows only", *bounds[0])
+            return _square(bounds[0])
+        return "auto"
+    if request is None:
+        if fixed:
+            raise InputValidationError(
+                f"whole-image mode (tile=None) needs a model that takes any size, but the {limits.name} model runs "
+                f"{_fmt(bounds[0])} windows only: use tile={_fmt(bounds[0])} (or 'auto'), export with "
+                "tile_min/tile_max for a dynamic tile size, or use the torch backend"
+            )
+        return None  # a dynamic-tile export: the image size is checked against the bounds per image
+    if isinstance(request, str) or isinstance(request, bool):
+        raise InputValidationError(f"tile must be an integer, (h, w), 'auto', 'default' or None; got {request!r}")
+    pair = tuple(request) if isinstance(request, tuple | list) else (request, request)
+    if len(pair) != 2:
+        raise InputValidationError(f"tile must be an integer or (h, w); got {request!r}")
+    th = _check_multiple("tile height", pair[0], MIN_SIZE)
+    tw = _check_multiple("tile width", pair[1], MIN_SIZE)
+    if bounds is not None:
+        (lo_h, lo_w), (hi_h, hi_w) = bounds
+        if not (lo_h <= th <= hi_h and lo_w <= tw <= hi_w):
+            allowed = _fmt(bounds[0]) if fixed else f"{_fmt(bounds[0])} .. {_fmt(bounds[1])}"
+            hint = (f"use tile={_fmt(bounds[0])} (or 'auto' / leave the default)" if fixed
+                    else f"use a tile within {allowed}")
+            raise InputValidationError(
+                f"tile {th}x{tw} does not fit the {limits.name} model, which runs {allowed} windows only (fixed at "
+                f"export): {hint}, or export the model again for this tile size"
+            )
+    for name, t in (("height", th), ("width", tw)):
+        if t - overlap - 2 * margin < SIZE_MULTIPLE:
+            raise InputValidationError(
+                f"tile {name} {t} leaves no stride for overlap {overlap} + 2 x margin {margin}; use a larger tile or "
+                "a smaller overlap / margin (tile - overlap - 2 x margin must be ≥ 8)"
+            )
+    return _square((th, tw))
+
+
+def negotiate_plan(
+    height: int,
+    width: int,
+    tile: int | tuple[int, int] | str | None,
+    limits: TileLimits,
+    overlap: int = DEFAULT_OVERLAP,
+    margin: int = DEFAULT_MARGIN,
+    *,
+    config: ModelConfig | str | None = None,
+    budget: int | None = None,
+    batch: int = 1,
+) -> TilePlan:
+    """The checked plan for one image: ``tile`` from :func:`resolve_tile`; ``"auto"`` picks whole image or the
+    largest tile ``budget`` bytes allow (:func:`choose_tile`, 256 without a ``config``) within the backend's bounds;
+    an image smaller than an export's minimum (or fixed) window is reflect-padded up to it, and a whole image beyond
+    its maximum is refused."""
+    bounds = limits.bounds
+    if tile == "auto":
+        chosen = DEFAULT_TILE if config is None or budget is None else choose_tile(config, height, width, budget,
+                                                                                    batch)
+        if bounds is not None:  # a dynamic-tile export: stay within its bounds
+            (_, _), (hi_h, hi_w) = bounds
+            fits = padded_size(height) <= hi_h and padded_size(width) <= hi_w
+            if chosen is not None or not fits:
+                t = chosen if chosen is not None else max(hi_h, hi_w)
+                chosen = _clamp((t, t), bounds)
+        if budget is not None:
+            log.info("tile='auto' with a budget of %s: %s", describe_budget(budget),
+                     "whole image" if chosen is None else f"{_fmt(chosen)} px tiles")
+        tile = chosen
+    plan = plan_tiles(height, width, tile, overlap, margin)
+    if bounds is None:
+        return plan
+    (lo_h, lo_w), (hi_h, hi_w) = bounds
+    if plan.tile_h > hi_h or plan.tile_w > hi_w:
+        raise InputValidationError(
+            f"windows of {plan.tile_h}x{plan.tile_w} exceed the largest the {limits.name} model takes "
+            f"({hi_h}x{hi_w}): use a tile within its bounds instead of whole-image mode"
+        )
+    changes: dict[str, object] = {}
+    if plan.tile_h < lo_h:  # only when the padded image is shorter than the tile: a single row of windows
+        changes.update(padded_height=lo_h, tile_h=lo_h, row_starts=(0,))
+    if plan.tile_w < lo_w:
+        changes.update(padded_width=lo_w, tile_w=lo_w, col_starts=(0,))
+    if changes:
+        log.info("the %dx%d image is padded to the model's %dx%d windows (reflection; cropped afterwards)",
+                 plan.height, plan.width, changes.get("tile_h", plan.tile_h), changes.get("tile_w", plan.tile_w))
+        plan = dataclasses.replace(plan, **changes)
+    return plan
