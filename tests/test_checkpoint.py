@@ -20,7 +20,7 @@ from torch import nn
 from sschsr_deploy import checkpoint as ckpt
 from sschsr_deploy.errors import CheckpointError
 
-MANIFEST = Path(ckpt.__file__).parent / "resources" / "official_state_dict_manifest.json"
+MANIFEST = Path(ckpt.__file__).parents[1] / "resources" / "official_state_dict_manifest.json"
 NORM3 = "flownet.cnet.layer2.0.norm3"
 DOWN1 = "flownet.cnet.layer2.0.downsample.1"
 

@@ -348,7 +348,7 @@ def test_small_crops_train_without_raft_and_ship_the_whole_network(tmp_path):
 
 def test_stage_one_and_validation_sizes_are_their_own(tmp_path, monkeypatch):
     # stage 1 on 136² scenes, validation on 144² scenes, stage 2 on 128² crops: each stage draws the size it is given
-    import sschsr_deploy.train as train_mod
+    import sschsr_deploy.train.stages as train_mod
 
     drawn: list[tuple[str, int]] = []
     real = train_mod.make_sample
