@@ -160,7 +160,7 @@ def border_profile(model, scene, whole: np.ndarray, tile: int) -> dict:
     Separates the two sources of deviation: border artefacts (they decay within a few pixels; the context margin
     and the blending ramp suppress them) and whole-image statistics (a flat floor that only larger tiles lower).
     """
-    from sschsr_deploy.preprocess import prepare_inputs
+    from sschsr_deploy.scene import prepare_inputs
 
     mi = prepare_inputs(scene.lr_hsi, scene.ref_rgb, 4)
     h, w = whole.shape[:2]

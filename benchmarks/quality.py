@@ -37,9 +37,10 @@ from common import environment, write_json  # noqa: E402
 
 from sschsr_deploy import metrics  # noqa: E402
 from sschsr_deploy.data import make_scene  # noqa: E402
-from sschsr_deploy.preprocess import bicubic_upsample, prepare_inputs  # noqa: E402
+from sschsr_deploy.preprocess import bicubic_upsample  # noqa: E402
 from sschsr_deploy.pretrained import shipped_weights  # noqa: E402
 from sschsr_deploy.runtime import Pipeline, load_model  # noqa: E402
+from sschsr_deploy.scene import prepare_inputs  # noqa: E402
 
 QUALITY_SEED = 2_000_000  # held-out scenes: disjoint from training (seed*10^7 + n) and validation (10^6 + i)
 SCALES = (4, 8)  # the scales with shipped weights

@@ -10,14 +10,10 @@ Conventions: every array function takes and returns numpy arrays in H x W x C (c
 dataset code. Only the final :class:`ModelInputs` is laid out as the model wants it: float32, 1 x C x H x W (NCHW,
 batch 1).
 
-Two entry points:
-
-- :func:`official_inputs_from_hr` reproduces the official synthetic-degradation path (HR cube -> blur, decimate,
-  bicubic), for parity tests and for evaluating on HR data.
-- :func:`prepare_inputs` is the deployment path: a real LR cube plus an HR reference (spec sections 2.4 and 2.5).
-
-Min-max normalisation and histogram matching are whole-image operations: run these functions on the full image, and
-tile afterwards.
+:func:`official_inputs_from_hr` reproduces the official synthetic-degradation path (HR cube -> blur, decimate,
+bicubic), for parity tests and for evaluating on HR data. The deployment path (a real LR cube plus an HR reference,
+spec sections 2.4 and 2.5) is :mod:`sschsr_deploy.scene` (``PreparedScene``, ``prepare_inputs``), built from the
+functions and validators here.
 """
 
 from __future__ import annotations
@@ -47,13 +43,16 @@ __all__ = [
     "bicubic_upsample",
     "blur",
     "blur_decimate",
+    "check_array",
+    "check_reference_array",
+    "check_rgb_bands",
+    "check_scale",
     "decimate",
     "degrade",
     "gaussian_kernel",
     "match_histograms_per_channel",
     "minmax_normalize",
     "official_inputs_from_hr",
-    "prepare_inputs",
     "pseudo_rgb",
     "reference_to_unit",
 ]
@@ -69,18 +68,19 @@ KERNEL_SIGMA: float = 3.0
 # validation helpers
 
 
-def _check_sf(sf: object) -> int:
-    """Return ``sf`` as an int, or raise: the pipeline decimates with ``[::sf]``, so only positive integers work."""
+def check_scale(sf: object) -> int:
+    """Return the scale ``sf`` as an int, or raise: the pipeline decimates with ``[::sf]``, so only positive integers
+    work."""
     if isinstance(sf, bool) or not isinstance(sf, numbers.Integral):
         raise InputValidationError(
-            f"scale factor sf must be a positive integer (e.g. 4 or 8); got {sf!r} of type {type(sf).__name__}"
+            f"scale must be a positive integer (e.g. 4 or 8); got {sf!r} of type {type(sf).__name__}"
         )
     if int(sf) < 1:
-        raise InputValidationError(f"scale factor sf must be a positive integer (e.g. 4 or 8); got {int(sf)}")
+        raise InputValidationError(f"scale must be a positive integer (e.g. 4 or 8); got {int(sf)}")
     return int(sf)
 
 
-def _check_array(arr: object, name: str, ndims: tuple[int, ...], layout: str) -> np.ndarray:
+def check_array(arr: object, name: str, ndims: tuple[int, ...], layout: str) -> np.ndarray:
     """Check that ``arr`` is a non-empty real numeric array with one of the allowed ``ndims``; return it as ndarray."""
     if not isinstance(arr, np.ndarray):
         raise InputValidationError(f"{name} must be a numpy array ({layout}); got {type(arr).__name__}")
@@ -107,7 +107,7 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
             )
 
 
-def _check_bands(bands: Sequence[int], n_bands: int, shape: tuple[int, ...]) -> tuple[int, int, int]:
+def check_rgb_bands(bands: Sequence[int], n_bands: int, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """Validate the pseudo-RGB band triple against the cube's band count (channels-last) and return it as a tuple."""
     try:
         items = tuple(bands)
@@ -121,8 +121,9 @@ def _check_bands(bands: Sequence[int], n_bands: int, shape: tuple[int, ...]) -> 
             raise InputValidationError(f"band indices must be integers; got {b!r} in {items!r}")
         if not 0 <= int(b) < n_bands:
             raise InputValidationError(
-                f"band index {int(b)} is out of range for a cube with {n_bands} bands (valid: 0..{n_bands - 1}); "
-                f"the cube must be channels-last H x W x C, got shape {shape}"
+                f"band index {int(b)} is out of range for a cube with {n_bands} bands (valid: 0..{n_bands - 1}): "
+                f"choose the pseudo-RGB bands (rgb_bands, --rgb-bands) for this cube, which must be channels-last "
+                f"H x W x C (got shape {shape})"
             )
         out.append(int(b))
     return out[0], out[1], out[2]
@@ -179,7 +180,7 @@ def blur(img: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
     The official kernel has even size, so its centre sits half a pixel off the pixel grid; this exact placement is what
     the trained model saw. float32/float64 input keeps its dtype (other dtypes are promoted to float64).
     """
-    img = _as_float(_check_array(img, "image", (2, 3), "H x W or H x W x C"))
+    img = _as_float(check_array(img, "image", (2, 3), "H x W or H x W x C"))
     k = _official_kernel() if kernel is None else np.asarray(kernel, dtype=np.float64)
     if k.ndim != 2:
         raise InputValidationError(f"blur kernel must be 2-D; got shape {k.shape}")
@@ -197,8 +198,8 @@ def blur_decimate(img: np.ndarray, sf: int, kernel: np.ndarray | None = None) ->
     from the two-step form only in the summation order (about 1e-16 relative, tested), so rounding to float32 can move
     a value by one ulp.
     """
-    img = _as_float(_check_array(img, "image", (2, 3), "H x W or H x W x C"))
-    sf = _check_sf(sf)
+    img = _as_float(check_array(img, "image", (2, 3), "H x W or H x W x C"))
+    sf = check_scale(sf)
     k = _official_kernel() if kernel is None else np.asarray(kernel, dtype=np.float64)
     if k.ndim != 2:
         raise InputValidationError(f"blur kernel must be 2-D; got shape {k.shape}")
@@ -222,8 +223,8 @@ def blur_decimate(img: np.ndarray, sf: int, kernel: np.ndarray | None = None) ->
 
 def decimate(img: np.ndarray, sf: int) -> np.ndarray:
     """Keep every ``sf``-th row and column, starting at index 0 (no anti-aliasing: the blur before it is the filter)."""
-    img = _check_array(img, "image", (2, 3), "H x W or H x W x C")
-    sf = _check_sf(sf)
+    img = check_array(img, "image", (2, 3), "H x W or H x W x C")
+    sf = check_scale(sf)
     return img[::sf, ::sf]
 
 
@@ -249,8 +250,8 @@ def bicubic_upsample(img: np.ndarray, sf: int) -> np.ndarray:
     results stay bit-identical; for chunked float32 cubes OpenCV's channel-count-dependent code paths can move
     values by about 1 ulp.
     """
-    img = _as_float(_check_array(img, "image", (2, 3), "H x W or H x W x C"))
-    sf = _check_sf(sf)
+    img = _as_float(check_array(img, "image", (2, 3), "H x W or H x W x C"))
+    sf = check_scale(sf)
     h, w = img.shape[:2]
     dsize = (w * sf, h * sf)  # OpenCV takes (width, height)
     if img.ndim == 2:
@@ -275,7 +276,7 @@ def degrade(img: np.ndarray, sf: int) -> np.ndarray:
     when H and W are multiples of ``sf``. It is used for the synthetic HSI input and for the reference copy that
     serves as the histogram-matching target.
     """
-    sf = _check_sf(sf)
+    sf = check_scale(sf)
     return bicubic_upsample(blur_decimate(img, sf), sf)
 
 
@@ -289,7 +290,7 @@ def minmax_normalize(cube: np.ndarray) -> np.ndarray:
 
 
 def _minmax(cube: np.ndarray, name: str) -> np.ndarray:
-    cube = _check_array(cube, name, (1, 2, 3, 4), "array")
+    cube = check_array(cube, name, (1, 2, 3, 4), "array")
     _check_finite(cube, name)
     x = cube.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
@@ -307,8 +308,8 @@ def pseudo_rgb(cube: np.ndarray, bands: Sequence[int] = DEFAULT_BANDS) -> np.nda
     The default (15, 8, 3) is the official choice for 31-band 400-700 nm cubes; cubes with other band layouts (remote
     sensing) need their own triple.
     """
-    cube = _check_array(cube, "cube", (3,), "H x W x C")
-    b = _check_bands(bands, cube.shape[2], cube.shape)
+    cube = check_array(cube, "cube", (3,), "H x W x C")
+    b = check_rgb_bands(bands, cube.shape[2], cube.shape)
     return cube[..., list(b)]
 
 
@@ -319,13 +320,24 @@ def match_histograms_per_channel(src: np.ndarray, ref: np.ndarray) -> np.ndarray
     relies on. scikit-image keeps a float ``src`` dtype (float32 in the official pipeline). The matching is rank based,
     so even 1-ulp changes of the inputs can move individual output values.
     """
-    src = _check_array(src, "src", (3,), "H x W x C")
-    ref = _check_array(ref, "ref", (3,), "H x W x C")
+    src = check_array(src, "src", (3,), "H x W x C")
+    ref = check_array(ref, "ref", (3,), "H x W x C")
     if src.shape[2] != ref.shape[2]:
         raise InputValidationError(
             f"src and ref must have the same number of channels; got {src.shape[2]} and {ref.shape[2]}"
         )
     return match_histograms(src, ref, channel_axis=-1)
+
+
+def check_reference_array(ref: object) -> np.ndarray:
+    """An H x W x 3 real-valued, non-empty array, or a clear error."""
+    ref = check_array(ref, "reference", (3,), "H x W x 3 RGB")
+    if ref.shape[2] != 3:
+        raise InputValidationError(
+            f"reference must have 3 channels (H x W x 3 RGB, channels last); got {ref.shape[2]} channels, "
+            f"shape {ref.shape}"
+        )
+    return ref
 
 
 def reference_to_unit(ref: np.ndarray) -> np.ndarray:
@@ -334,12 +346,7 @@ def reference_to_unit(ref: np.ndarray) -> np.ndarray:
     uint8 is divided by 255 (the official ``png / 255``), uint16 by 65535; float input must already be in [0, 1].
     Other dtypes are refused rather than guessed.
     """
-    ref = _check_array(ref, "reference", (3,), "H x W x 3 RGB")
-    if ref.shape[2] != 3:
-        raise InputValidationError(
-            f"reference must have 3 channels (H x W x 3 RGB, channels last); got {ref.shape[2]} channels, "
-            f"shape {ref.shape}"
-        )
+    ref = check_reference_array(ref)
     if ref.dtype == np.uint8:
         return ref / 255.0
     if ref.dtype == np.uint16:
@@ -436,7 +443,7 @@ class OfficialSample:
 
 
 def _check_cube(cube: Any, name: str) -> np.ndarray:
-    cube = _check_array(cube, name, (3,), "H x W x C, channels last")
+    cube = check_array(cube, name, (3,), "H x W x C, channels last")
     _check_finite(cube, name)
     return cube
 
@@ -463,9 +470,9 @@ def official_inputs_from_hr(
         bands: pseudo-RGB band indices (R, G, B).
     """
     raw = _check_cube(raw_hr_cube_hwc, "HR cube")
-    sf = _check_sf(sf)
+    sf = check_scale(sf)
     ref_unit = reference_to_unit(ref_png_uint8_hwc)
-    b = list(_check_bands(bands, raw.shape[2], raw.shape))
+    b = list(check_rgb_bands(bands, raw.shape[2], raw.shape))
     h, w = raw.shape[:2]
     if ref_unit.shape[:2] != (h, w):
         raise InputValidationError(
@@ -497,56 +504,4 @@ def official_inputs_from_hr(
         hsi_hr=np.ascontiguousarray(hsi_hr.transpose(2, 0, 1)),
         lr_hsi=np.ascontiguousarray(lr.transpose(2, 0, 1)),
         rgb_lr=np.ascontiguousarray(rgb_lr.transpose(2, 0, 1)),
-    )
-
-
-def prepare_inputs(
-    lr_cube_hwc: np.ndarray,
-    ref_rgb_hwc: np.ndarray,
-    sf: int,
-    bands: Sequence[int] = DEFAULT_BANDS,
-    *,
-    normalize: bool = True,
-) -> ModelInputs:
-    """Build the model inputs from a real LR cube and an HR RGB reference (deployment path, spec sections 2.4, 2.5).
-
-    There is no synthetic degradation of the HSI: the LR cube is min-max normalised and upsampled with OpenCV bicubic
-    by ``sf`` (clipped to [0, 1] -> ``hsi_sr``). Its bands, taken before clipping, are histogram-matched per channel
-    to a degraded copy of the reference (blur, decimate, bicubic, like the official target) and clipped
-    (``hsi_rgb_sr``). ``ref_hr`` = reference in [0, 1]. RAFT gets 0..255 images: 255 x the unclipped upsampled bands
-    and 255 x ``ref_hr`` (the spec's recommendation for the flow-scale open issue).
-
-    Args:
-        lr_cube_hwc: h x w x C LR cube, any real dtype and scale (must not be constant).
-        ref_rgb_hwc: (h * sf) x (w * sf) x 3 reference: uint8 0..255, uint16 0..65535 or float in [0, 1].
-        sf: integer scale factor between the reference and the LR cube.
-        bands: pseudo-RGB band indices (R, G, B).
-        normalize: min-max normalise the LR cube (default). Pass False only for a cube that is already on the
-            [0, 1] scale of its HR counterpart (e.g. the official pipeline's LR cube): normalising an LR cube with its
-            own min and max is not the identity, because blurring shrinks the range, so it rescales the values.
-    """
-    lr = _check_cube(lr_cube_hwc, "LR cube")
-    sf = _check_sf(sf)
-    ref_unit = reference_to_unit(ref_rgb_hwc)
-    b = list(_check_bands(bands, lr.shape[2], lr.shape))
-    h, w = lr.shape[:2]
-    if ref_unit.shape[:2] != (h * sf, w * sf):
-        raise InputValidationError(
-            f"reference size {ref_unit.shape[0]}x{ref_unit.shape[1]} does not equal the LR size {h}x{w} x sf {sf} "
-            f"= {h * sf}x{w * sf}; the reference must be the HR image"
-        )
-
-    if normalize:
-        lr_n = _minmax(lr, "LR cube")
-    else:
-        lr_n = lr.astype(np.float64)
-    up = bicubic_upsample(lr_n, sf)
-    rgb_lr = degrade(ref_unit, sf)
-    hsi_rgb = match_histograms_per_channel(up[..., b].astype(np.float32), rgb_lr)
-    return ModelInputs(
-        hsi_sr=_to_nchw_f32(np.clip(up, 0.0, 1.0)),
-        hsi_rgb_sr=_to_nchw_f32(np.clip(hsi_rgb, 0.0, 1.0)),
-        ref_hr=_to_nchw_f32(ref_unit),
-        hsi_rgb_sr_flow=_to_nchw_f32(255.0 * up[..., b]),
-        ref_hr_flow=_to_nchw_f32(ref_unit * 255.0),
     )

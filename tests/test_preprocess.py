@@ -20,10 +20,10 @@ from sschsr_deploy.preprocess import (
     match_histograms_per_channel,
     minmax_normalize,
     official_inputs_from_hr,
-    prepare_inputs,
     pseudo_rgb,
     reference_to_unit,
 )
+from sschsr_deploy.scene import prepare_inputs
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 CASES = {"A": ("case_A_128x128_sf4_seed0.npz", 4), "B": ("case_B_128x192_sf8_seed1.npz", 8)}
@@ -119,7 +119,7 @@ def test_fused_blur_decimate_takes_strided_views_and_refuses_bad_input():
     big = rng.random((80, 60, 8)).astype(np.float32)
     view = big[::2, ::-1, 1::2]  # non-contiguous, negative stride
     np.testing.assert_array_equal(blur_decimate(view, 4), decimate(blur(np.ascontiguousarray(view)), 4))
-    with pytest.raises(InputValidationError, match="scale factor"):
+    with pytest.raises(InputValidationError, match="scale must be a positive integer"):
         blur_decimate(big, 0)
     with pytest.raises(InputValidationError, match="2-D"):
         blur_decimate(big, 4, np.ones((2, 2, 2)))
@@ -383,7 +383,8 @@ def test_reference_not_three_channels_is_rejected(small, channels):
 
 def test_reference_size_mismatch_states_both_sizes(small):
     lr, ref = small
-    msg = r"reference size 16x24 does not equal the LR size 4x6 x sf 3 = 12x18"
+    # one rule with the tiled runtime: refused beyond 2 % apart (within, resized with a warning)
+    msg = r"the RGB reference is 16x24 but the LR cube x scale is 12x18 \(33.3% apart, more than the 2% tolerance\)"
     with pytest.raises(InputValidationError, match=msg):
         prepare_inputs(lr, ref, 3)
 
@@ -401,7 +402,7 @@ def test_hr_size_not_multiple_of_sf_is_rejected(small):
 @pytest.mark.parametrize("sf", [0, -4, 2.5, 4.0, "4", True, None])
 def test_bad_scale_factor_is_rejected(small, sf):
     lr, ref = small
-    with pytest.raises(InputValidationError, match=r"scale factor sf must be a positive integer"):
+    with pytest.raises(InputValidationError, match=r"scale must be a positive integer"):
         prepare_inputs(lr, ref, sf)
 
 
@@ -459,3 +460,20 @@ def test_errors_are_value_errors(small):
     _, ref = small
     with pytest.raises(ValueError):
         prepare_inputs(np.full((4, 6, 31), 1.0), ref, 4)
+
+
+def test_prepare_inputs_follows_the_runtime_rule_for_a_slightly_off_reference(small, caplog):
+    """One rule for both paths (sschsr_deploy.scene): within 2 % of LR size x scale the reference is resized with a
+    warning, exactly as the tiled runtime does."""
+    import logging
+
+    import cv2
+
+    lr, ref = small
+    rng = np.random.default_rng(5)
+    lr = rng.random(lr.shape).astype(np.float32)
+    big_lr = cv2.resize(lr, (60, 40), interpolation=cv2.INTER_LINEAR)  # 40 x 60 LR: 160 x 240 HR at x4
+    big_ref = rng.integers(0, 255, (162, 241, 3), dtype=np.uint8)  # 1.25 % / 0.4 % off
+    with caplog.at_level(logging.WARNING):
+        out = prepare_inputs(big_lr, big_ref, 4)
+    assert out.ref_hr.shape == (1, 3, 160, 240) and "resized to fit" in caplog.text

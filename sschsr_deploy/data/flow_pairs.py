@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ..preprocess import prepare_inputs
+from ..scene import prepare_inputs
 from .spectra import Split
 from .synthetic import Misalignment, make_scene
 

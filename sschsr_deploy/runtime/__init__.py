@@ -10,10 +10,11 @@ Typical use::
     pipe.run_files("lr.mat", "rgb.png", None, "hr.npy")  # lazy read, streamed atomic write + hr.npy.json
 """
 
+from ..scene import REF_SIZE_TOLERANCE, PreparedScene, match_reference_size
 from ..weights import load_model
 from .backends import BACKENDS, Backend, TorchBackend, create_backend, state_dict_sha256
 from .blender import StreamingBlender, blend
-from .pipeline import REF_SIZE_TOLERANCE, Pipeline, PreparedScene, match_reference_size
+from .pipeline import Pipeline
 from .planner import (
     DEFAULT_MARGIN,
     DEFAULT_OVERLAP,

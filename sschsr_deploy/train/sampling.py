@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from ..data.synthetic import Misalignment, SyntheticScene, ground_truth_flow, make_scene
-from ..preprocess import bicubic_upsample, prepare_inputs
+from ..preprocess import bicubic_upsample
+from ..scene import prepare_inputs
 from .config import TrainConfig, parse_scene_sizes
 
 
