@@ -29,7 +29,7 @@ def _native_built() -> bool:
 ])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_ops_accept_low_precision_activations_under_autocast(dtype, backend, monkeypatch):
-    for var in ("SSCHSR_DCN_BACKEND", "SSCHSR_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND"):
+    for var in ("SSCHSR_DEFORM_CONV_BACKEND", "SSCHSR_SPECTRAL_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND"):
         monkeypatch.setenv(var, backend)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 11, 13, generator=g)

@@ -33,27 +33,27 @@ def test_fake_implementations_give_shapes_without_data():
 
 
 def test_auto_choice(monkeypatch):
-    monkeypatch.delenv("SSCHSR_DCN_BACKEND", raising=False)
+    monkeypatch.delenv("SSCHSR_DEFORM_CONV_BACKEND", raising=False)
     cpu = torch.device("cpu")
-    assert _backend.choose("SSCHSR_DCN_BACKEND", "modulated_deform_conv2d", cpu, needs_grad=True) == "reference"
+    assert _backend.choose("SSCHSR_DEFORM_CONV_BACKEND", "modulated_deform_conv2d", cpu, needs_grad=True) == "reference"
     expected = "native" if _backend.has_kernel("modulated_deform_conv2d", "cpu") else "reference"
-    assert _backend.choose("SSCHSR_DCN_BACKEND", "modulated_deform_conv2d", cpu, needs_grad=False) == expected
+    assert _backend.choose("SSCHSR_DEFORM_CONV_BACKEND", "modulated_deform_conv2d", cpu, needs_grad=False) == expected
 
 
 def test_invalid_and_unavailable_overrides_raise(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setenv("SSCHSR_DCN_BACKEND", "fastest")
-    with pytest.raises(ValueError, match="SSCHSR_DCN_BACKEND='fastest' is not one of"):
-        _backend.choose("SSCHSR_DCN_BACKEND", "modulated_deform_conv2d", cpu, False)
-    monkeypatch.setenv("SSCHSR_DCN_BACKEND", "cuda")
-    with pytest.raises(RuntimeError, match="SSCHSR_DCN_BACKEND=cuda but the tensors are on cpu"):
-        _backend.choose("SSCHSR_DCN_BACKEND", "modulated_deform_conv2d", cpu, False)
-    monkeypatch.setenv("SSCHSR_DCN_BACKEND", "triton")
+    monkeypatch.setenv("SSCHSR_DEFORM_CONV_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="SSCHSR_DEFORM_CONV_BACKEND='fastest' is not one of"):
+        _backend.choose("SSCHSR_DEFORM_CONV_BACKEND", "modulated_deform_conv2d", cpu, False)
+    monkeypatch.setenv("SSCHSR_DEFORM_CONV_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="SSCHSR_DEFORM_CONV_BACKEND=cuda but the tensors are on cpu"):
+        _backend.choose("SSCHSR_DEFORM_CONV_BACKEND", "modulated_deform_conv2d", cpu, False)
+    monkeypatch.setenv("SSCHSR_DEFORM_CONV_BACKEND", "triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        _backend.choose("SSCHSR_DCN_BACKEND", "modulated_deform_conv2d", cpu, False)
-    monkeypatch.setenv("SSCHSR_DCN_BACKEND", "reference")
-    assert _backend.choose("SSCHSR_DCN_BACKEND", "modulated_deform_conv2d", cpu, False) == "reference"
+        _backend.choose("SSCHSR_DEFORM_CONV_BACKEND", "modulated_deform_conv2d", cpu, False)
+    monkeypatch.setenv("SSCHSR_DEFORM_CONV_BACKEND", "reference")
+    assert _backend.choose("SSCHSR_DEFORM_CONV_BACKEND", "modulated_deform_conv2d", cpu, False) == "reference"
 
 
 def test_forced_backends_nest_and_restore():
@@ -105,15 +105,37 @@ def test_model_runs_on_triton_backends(monkeypatch):
     hsi, rgb, ref = torch.rand(1, 31, 128, 128, generator=g), torch.rand(1, 3, 128, 128, generator=g), None
     ref = torch.roll(rgb, (2, -3), (2, 3))
     inputs = (hsi, rgb, ref, rgb * 255, ref * 255)
-    for var in ("SSCHSR_DCN_BACKEND", "SSCHSR_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND"):
+    for var in ("SSCHSR_DEFORM_CONV_BACKEND", "SSCHSR_SPECTRAL_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND"):
         monkeypatch.setenv(var, "reference")
     with torch.no_grad():
         expected = model(*inputs)
     if torch.cuda.is_available():
         pytest.skip("the interpreter path is tested on CPU machines; GPU runs are in the gpu tests")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    for var in ("SSCHSR_DCN_BACKEND", "SSCHSR_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND"):
+    for var in ("SSCHSR_DEFORM_CONV_BACKEND", "SSCHSR_SPECTRAL_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND"):
         monkeypatch.setenv(var, "triton")
     with torch.no_grad():
         got = model(*inputs)
     assert ((got - expected).norm() / expected.norm()).item() <= 1e-4
+
+
+def test_backend_variables_are_named_after_the_ops_and_old_names_still_work(monkeypatch):
+    """One name per op: SSCHSR_DEFORM_CONV_BACKEND / SSCHSR_SPECTRAL_ATTENTION_BACKEND; the earlier DCN / ATTENTION
+    names are read with a deprecation warning while the new one is unset, and the new one wins."""
+    import importlib
+
+    deform_conv, spectral_attention, patch_match = (
+        importlib.import_module(f"sschsr_deploy.ops.{m}") for m in ("deform_conv", "spectral_attention", "patch_match"))
+    assert (deform_conv.ENV_VAR, spectral_attention.ENV_VAR, patch_match.ENV_VAR) == (
+        "SSCHSR_DEFORM_CONV_BACKEND", "SSCHSR_SPECTRAL_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND")
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("SSCHSR_DEFORM_CONV_BACKEND", raising=False)
+    monkeypatch.setenv("SSCHSR_DCN_BACKEND", "reference")
+    _backend._warn_legacy.cache_clear()
+    with pytest.warns(DeprecationWarning, match="SSCHSR_DCN_BACKEND is deprecated"):
+        assert _backend.choose(deform_conv.ENV_VAR, "modulated_deform_conv2d", cpu, False) == "reference"
+    monkeypatch.setenv("SSCHSR_DCN_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="SSCHSR_DCN_BACKEND='fastest'"):
+        _backend.choose(deform_conv.ENV_VAR, "modulated_deform_conv2d", cpu, False)
+    monkeypatch.setenv("SSCHSR_DEFORM_CONV_BACKEND", "reference")
+    assert _backend.choose(deform_conv.ENV_VAR, "modulated_deform_conv2d", cpu, False) == "reference"

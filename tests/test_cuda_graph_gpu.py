@@ -23,7 +23,7 @@ from sschsr_deploy.ops import gram_and_norms, modulated_deform_conv2d, patch_mat
 
 pytestmark = pytest.mark.gpu
 
-ENV_VARS = ("SSCHSR_DCN_BACKEND", "SSCHSR_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND")
+ENV_VARS = ("SSCHSR_DEFORM_CONV_BACKEND", "SSCHSR_SPECTRAL_ATTENTION_BACKEND", "SSCHSR_PATCH_MATCH_BACKEND")
 NATIVE_OPS = ("modulated_deform_conv2d", "patch_match", "spectral_attention", "gram_and_norms")
 
 

@@ -7,8 +7,10 @@ with the reference as their implementation, so ``torch.ops.sschsr.*`` always exi
 Choice per call (``auto``): inputs that need gradients → reference (it is differentiable; the deformable convolution
 then takes its ``grid_sample`` formulation, which has the fast backward); native kernel for the
 tensors' device when built; CUDA tensors without native CUDA kernels → Triton; otherwise the reference. An environment
-variable per operator (e.g. ``SSCHSR_DCN_BACKEND=cuda|triton|cpu|reference``) forces one; a forced backend that cannot
-run raises instead of silently falling back.
+variable per operator, named after it (``SSCHSR_DEFORM_CONV_BACKEND``, ``SSCHSR_SPECTRAL_ATTENTION_BACKEND``,
+``SSCHSR_PATCH_MATCH_BACKEND`` = ``cuda|triton|cpu|reference``) forces one; a forced backend that cannot run raises
+instead of silently falling back. The earlier names ``SSCHSR_DCN_BACKEND`` / ``SSCHSR_ATTENTION_BACKEND`` are still
+read, with a deprecation warning, when the new one is unset.
 """
 
 from __future__ import annotations
@@ -121,11 +123,36 @@ def forced_backends(**ops: str) -> Iterator[None]:
         _forced.update(saved)
 
 
+#: Earlier names of the per-op variables, read (with a warning) when the op's own variable is unset.
+LEGACY_ENV_VARS = {"SSCHSR_DEFORM_CONV_BACKEND": "SSCHSR_DCN_BACKEND",
+                   "SSCHSR_SPECTRAL_ATTENTION_BACKEND": "SSCHSR_ATTENTION_BACKEND"}
+
+
+@functools.cache
+def _warn_legacy(old: str, new: str) -> None:
+    import warnings
+
+    warnings.warn(f"{old} is deprecated: set {new} (named after the operator) instead", DeprecationWarning,
+                  stacklevel=4)
+
+
+def _requested(env_var: str) -> tuple[str, str]:
+    """(variable actually read, its value or 'auto'); the op's own name first, then its earlier name."""
+    value = os.environ.get(env_var)
+    if value is None:
+        old = LEGACY_ENV_VARS.get(env_var)
+        if old is not None and old in os.environ:
+            _warn_legacy(old, env_var)
+            return old, os.environ[old].strip().lower() or "auto"
+        return env_var, "auto"
+    return env_var, value.strip().lower() or "auto"
+
+
 def choose(env_var: str, op: str, device: torch.device, needs_grad: bool) -> str:
     """Backend for one call: 'native', 'triton' or 'reference' (see the module docstring for the rules)."""
     if op in _forced:
         return "native" if _forced[op] == "op" else "reference"
-    requested = os.environ.get(env_var, "auto").strip().lower() or "auto"
+    env_var, requested = _requested(env_var)
     if requested not in BACKENDS:
         raise ValueError(f"{env_var}={requested!r} is not one of {', '.join(BACKENDS)}")
     dev = device.type

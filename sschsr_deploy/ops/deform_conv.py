@@ -187,7 +187,7 @@ SCHEMA = (
     "modulated_deform_conv2d(Tensor input, Tensor offset, Tensor? mask, Tensor weight, Tensor? bias, int[2] stride, "
     "int[2] padding, int[2] dilation, int groups, int offset_groups) -> Tensor"
 )
-ENV_VAR = "SSCHSR_DCN_BACKEND"
+ENV_VAR = "SSCHSR_DEFORM_CONV_BACKEND"
 
 
 def _fake(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups):
@@ -215,7 +215,7 @@ def modulated_deform_conv2d(
     offset_groups: int = 1,
 ) -> Tensor:
     """Modulated deformable convolution as the model calls it: picks native / Triton / reference per call
-    (``SSCHSR_DCN_BACKEND`` overrides; see ``ops/_backend.py``). With gradients needed, the reference path is
+    (``SSCHSR_DEFORM_CONV_BACKEND`` overrides; see ``ops/_backend.py``). With gradients needed, the reference path is
     :func:`modulated_deform_conv2d_sampled`."""
     args = (input, offset, mask, weight, bias, _pair(stride), _pair(padding), _pair(dilation), groups, offset_groups)
     tensors = [t for t in (input, offset, mask, weight, bias) if t is not None]

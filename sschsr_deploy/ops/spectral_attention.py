@@ -69,7 +69,7 @@ def attention_from_stats(gram: Tensor, q_sq: Tensor, k_sq: Tensor, temperature: 
 
 SCHEMA = "spectral_attention(Tensor q, Tensor k, Tensor v, Tensor temperature, int heads) -> Tensor"
 GRAM_SCHEMA = "gram_and_norms(Tensor q, Tensor k, int heads) -> (Tensor, Tensor, Tensor)"
-ENV_VAR = "SSCHSR_ATTENTION_BACKEND"
+ENV_VAR = "SSCHSR_SPECTRAL_ATTENTION_BACKEND"
 
 
 def _fake(q, k, v, temperature, heads):
@@ -93,7 +93,7 @@ def _needs_grad(*tensors: Tensor) -> bool:
 
 @float32_island
 def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, heads: int) -> Tensor:
-    """Spectral attention as the model calls it (``SSCHSR_ATTENTION_BACKEND`` overrides the automatic choice)."""
+    """Spectral attention as the model calls it (``SSCHSR_SPECTRAL_ATTENTION_BACKEND`` overrides the choice)."""
     backend = choose(ENV_VAR, "spectral_attention", q.device, _needs_grad(q, k, v, temperature))
     if backend == "native":
         return torch.ops.sschsr.spectral_attention(q, k, v, temperature, heads)
