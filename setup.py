@@ -91,6 +91,12 @@ def extensions():
             "sschsr_deploy._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
         )
+    cuda = any(src.endswith(".cu") for src in ext.sources)
+    print(f"sschsr-deploy: building sschsr_deploy._C from {len(ext.sources)} sources "
+          f"({'CPU + CUDA kernels for sm_' + ', sm_'.join(CUDA_ARCHS) if cuda else 'CPU kernels only'}): "
+          "a few minutes on 2 cores", file=sys.stderr)
+    for src in ext.sources:
+        print(f"  {src}", file=sys.stderr)
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
 
 
