@@ -79,6 +79,17 @@ def _strict_fp32():
         setattr(obj, name, value)
 
 
+@pytest.fixture(scope="module")
+def cuda_extension():
+    """The native extension, built with CUDA kernels, on a machine with a CUDA device (else the test skips)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    ext = pytest.importorskip("sschsr_deploy._C", reason="native extension sschsr_deploy._C is not built")
+    if not ext.cuda_built():
+        pytest.skip("sschsr_deploy._C was built without CUDA")
+    return ext
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that need CUDA or TensorRT skip cleanly where those are absent."""
     import importlib.util

@@ -16,20 +16,12 @@ from dcn_cases import rel_err
 
 from sschsr_deploy.ops.deform_conv import modulated_deform_conv2d_reference
 
-pytestmark = pytest.mark.gpu
-
-_C = pytest.importorskip("sschsr_deploy._C", reason="native extension sschsr_deploy._C is not built")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_extension")]
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _needs_cuda_build():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    if not _C.cuda_built():
-        pytest.skip("sschsr_deploy._C was built without CUDA")
 
 
 def op(*args):

@@ -15,17 +15,9 @@ from conftest import golden_case
 
 from sschsr_deploy.ops import patch_match_reference
 
-pytestmark = pytest.mark.gpu
-
-_C = pytest.importorskip("sschsr_deploy._C", reason="native extension not built")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_extension")]
 
 
-@pytest.fixture(autouse=True)
-def _needs_cuda_build():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    if not _C.cuda_built():
-        pytest.skip("extension built without CUDA")
 
 
 PM_MARGIN = {torch.float64: 0.0, torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}

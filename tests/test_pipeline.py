@@ -13,8 +13,8 @@ from sschsr_deploy.data import make_scene
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io import as_cube, load_hsi, read_hsi, write_hsi, write_rgb
 from sschsr_deploy.model import SSCHSR
-from sschsr_deploy.scene import prepare_inputs
 from sschsr_deploy.runtime import Backend, Pipeline, PreparedScene, TileExecutor, create_backend
+from sschsr_deploy.scene import prepare_inputs
 
 
 class PointwiseBackend(Backend):

@@ -13,17 +13,9 @@ import torch
 
 from sschsr_deploy.ops import spectral_attention_reference
 
-pytestmark = pytest.mark.gpu
-
-_C = pytest.importorskip("sschsr_deploy._C", reason="native extension not built")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_extension")]
 
 
-@pytest.fixture(autouse=True)
-def _needs_cuda_build():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    if not _C.cuda_built():
-        pytest.skip("extension built without CUDA")
 
 
 ATT_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
