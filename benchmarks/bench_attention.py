@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import bar_chart, environment, time_fn, write_json  # noqa: E402
+from common import add_output_arguments, bar_chart, environment, time_fn, use_output_arguments, write_json  # noqa: E402
 
 from sschsr_deploy.ops import spectral_attention_reference  # noqa: E402
 
@@ -88,7 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="HR 256² only")
+    add_output_arguments(ap)
     args = ap.parse_args()
+    use_output_arguments(args)
     device = args.device
     import sschsr_deploy._C  # noqa: F401  (registers torch.ops.sschsr)
 

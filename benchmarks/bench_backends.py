@@ -4,8 +4,8 @@
 Backends: PyTorch eager (the op layer's automatic kernel choice: native C++/CUDA where built, else Triton on CUDA, else
 the reference), ``torch.compile`` (where it compiles), ONNX Runtime (CPU here; CUDA where ``onnxruntime-gpu`` can
 use a GPU — the session's providers are asserted, never a silent CPU fallback) and TensorRT (where installed; an
-engine built from the same ONNX file). Writes ``results/backends_<device>.json`` and ``.png`` and prints the
-ONNX Runtime / eager latency ratio.
+engine built from the same ONNX file). Writes ``backends_<device>.json`` and ``.png`` (into ``results/local/``;
+``--publish``: ``results/``) and prints the ONNX Runtime / eager latency ratio.
 
     python benchmarks/bench_backends.py                       # tiny, 128×128, batch 1, CPU (or CUDA if present)
     python benchmarks/bench_backends.py --preset official --tile 256 256 --device cuda --batch 4
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bar_chart, environment, time_fn, write_json  # noqa: E402
+from common import add_output_arguments, bar_chart, environment, time_fn, use_output_arguments, write_json  # noqa: E402
 
 from sschsr_deploy.engine import onnx as ex  # noqa: E402
 
@@ -44,7 +44,10 @@ def parse_args(argv=None):
     p.add_argument("--onnx", help="reuse this exported ONNX file (must match preset/tile/iters); default: export")
     p.add_argument("--engine", help="TensorRT engine built from the same ONNX (default: build one if TensorRT is "
                                     "installed)")
-    return p.parse_args(argv)
+    add_output_arguments(p)
+    args = p.parse_args(argv)
+    use_output_arguments(args)
+    return args
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bar_chart, environment, time_fn, write_json  # noqa: E402
+from common import add_output_arguments, bar_chart, environment, time_fn, use_output_arguments, write_json  # noqa: E402
 
 from sschsr_deploy.ops.deform_conv import modulated_deform_conv2d_reference  # noqa: E402
 
@@ -231,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="batch 1 only")
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
+    use_output_arguments(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2

@@ -125,6 +125,8 @@ def run_worker(impl: str, side: int, device: str, dtype: str) -> tuple[dict, dic
 
 
 def main() -> None:
+    from common import add_output_arguments, use_output_arguments
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--quick", action="store_true", help="HR 256² and 512² only")
@@ -132,7 +134,9 @@ def main() -> None:
     ap.add_argument("--side", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    add_output_arguments(ap)
     args = ap.parse_args()
+    use_output_arguments(args)
     if args.worker:
         worker(args.worker, args.side, args.device, args.dtype, args.out)
         return

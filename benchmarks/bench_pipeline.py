@@ -1,7 +1,7 @@
 """End-to-end pipeline benchmark: tiled-vs-whole deviation, throughput and peak memory versus scene size.
 
-Three parts, all written to ``benchmarks/results/pipeline_<device>.json`` (+ ``pipeline_<device>.png`` for throughput
-and ``pipeline_<device>_memory.png`` for peak memory):
+Three parts, all written to ``pipeline_<device>.json`` (+ ``pipeline_<device>.png`` for throughput
+and ``pipeline_<device>_memory.png`` for peak memory) in ``results/local/`` (``--publish``: ``results/``):
 
 1. ``deviation`` — how far tiled inference is from whole-image inference on one 256 x 320 synthetic scene, for tiles
    of 128 and 192 px, overlaps of 16 / 32 / 64 px and a context margin of 0 / 8 px: max and mean absolute difference
@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import bar_chart, environment, write_json  # noqa: E402
+from common import add_output_arguments, bar_chart, environment, results_dir, use_output_arguments, write_json  # noqa: E402
 
 #: (scene size, tiles) of the deviation sweep: the issue's 256 x 320 scene at 128 / 192 px tiles, and a 512 x 512 scene
 #: at the default 256 px tile.
@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp", default=tempfile.gettempdir())
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="tiled", help=argparse.SUPPRESS)
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
+    use_output_arguments(args)
 
     from sschsr_deploy.runtime.planner import DEFAULT_MARGIN, DEFAULT_OVERLAP, estimate_forward_bytes
 
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     name = f"pipeline_{'cuda' if cuda else 'cpu'}"
-    out_path = Path(__file__).parent / "results" / f"{name}.json"
+    out_path = results_dir() / f"{name}.json"  # earlier phases of this run (or a previous one) are kept
     payload: dict = json.loads(out_path.read_text()) if out_path.exists() else {}
     payload["environment"] = environment(args.device)
     payload["settings"] = {k: getattr(args, k) for k in ("preset", "tile", "overlap", "margin", "batch", "threads")}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bar_chart, environment, time_fn, write_json  # noqa: E402
+from common import add_output_arguments, bar_chart, environment, time_fn, use_output_arguments, write_json  # noqa: E402
 
 import sschsr_deploy.ops.deform_conv as dcn  # noqa: E402
 
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
+    use_output_arguments(args)
     torch.set_num_threads(args.threads)
     repeat = 2 if args.quick else 5
     sampled, gather = dcn.modulated_deform_conv2d_sampled, dcn.modulated_deform_conv2d_reference

@@ -1,7 +1,13 @@
-"""Shared benchmark plumbing: timing, environment capture, and the JSON / PNG outputs in benchmarks/results/."""
+"""Shared benchmark plumbing: timing, environment capture, and the JSON / PNG outputs.
+
+Where outputs go (:func:`results_dir`): ``benchmarks/results/local/`` (git-ignored scratch) by default, so that running
+a benchmark never overwrites the committed results; ``benchmarks/results/`` with ``--publish`` (to update them on
+purpose); ``$SSCHSR_BENCH_RESULTS_DIR`` when set, over both (scripts/gpu_suite.py: into its $OUT).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -14,9 +20,43 @@ from pathlib import Path
 
 import torch
 
-# SSCHSR_BENCH_RESULTS_DIR redirects every output (scripts/gpu_suite.py: into its $OUT, never over the committed
-# results of another machine).
-RESULTS_DIR = Path(os.environ.get("SSCHSR_BENCH_RESULTS_DIR") or Path(__file__).parent / "results")
+PUBLISHED_DIR = Path(__file__).parent / "results"  # committed results, written only with --publish
+SCRATCH_DIR = PUBLISHED_DIR / "local"  # git-ignored (.gitignore)
+_publish = False
+_told: set[Path] = set()
+
+
+def results_dir() -> Path:
+    """Where results are written: SSCHSR_BENCH_RESULTS_DIR when set (scripts/gpu_suite.py: into its $OUT, never over
+    the committed results of another machine), else ``results/`` with ``--publish``, else the scratch folder."""
+    env = os.environ.get("SSCHSR_BENCH_RESULTS_DIR")
+    if env:
+        return Path(env)
+    return PUBLISHED_DIR if _publish else SCRATCH_DIR
+
+
+def add_output_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--publish``: write into the committed ``benchmarks/results/`` instead of the scratch folder."""
+    ap.add_argument("--publish", action="store_true",
+                    help=f"write into {PUBLISHED_DIR.relative_to(PUBLISHED_DIR.parents[1])}/ (the committed results) "
+                         f"instead of the git-ignored {SCRATCH_DIR.relative_to(PUBLISHED_DIR.parents[1])}/; "
+                         "SSCHSR_BENCH_RESULTS_DIR overrides both")
+
+
+def use_output_arguments(args: argparse.Namespace) -> Path:
+    """Apply ``--publish`` from parsed arguments; returns the results folder."""
+    global _publish
+    _publish = bool(getattr(args, "publish", False))
+    return results_dir()
+
+
+def _prepare_dir() -> Path:
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    if out == SCRATCH_DIR and out not in _told:
+        _told.add(out)
+        print(f"results go to {out} (scratch, git-ignored); --publish writes {PUBLISHED_DIR}", file=sys.stderr)
+    return out
 
 
 def environment(device: str) -> dict:
@@ -69,10 +109,10 @@ def time_fn(fn: Callable[[], object], device: str, warmup: int = 2, repeat: int 
 
 
 def write_json(name: str, payload: dict) -> Path:
-    """Write ``results/<name>.json`` atomically (temp file + rename)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
+    """Write ``<results_dir()>/<name>.json`` atomically (temp file + rename)."""
+    out = _prepare_dir()
+    path = out / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=False)
         f.write("\n")
@@ -82,7 +122,7 @@ def write_json(name: str, payload: dict) -> Path:
 
 
 def bar_chart(name: str, title: str, groups: list[str], series: dict[str, list[float]], ylabel: str) -> Path | None:
-    """Grouped bar chart ``results/<name>.png``; returns None when matplotlib is not installed."""
+    """Grouped bar chart ``<results_dir()>/<name>.png``; returns None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -102,9 +142,9 @@ def bar_chart(name: str, title: str, groups: list[str], series: dict[str, list[f
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.png"
-    tmp = RESULTS_DIR / f".{name}.tmp.png"
+    out = _prepare_dir()
+    path = out / f"{name}.png"
+    tmp = out / f".{name}.tmp.png"
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)

@@ -7,7 +7,7 @@ This is the measurement that ranked training runs (the three validation crops of
 table (``quality.py``) is the deployment view on three larger scenes.
 
 Usage: ``python benchmarks/photo_use.py [--weights W ... [--labels NAME ...]] [--scale 4] [--sizes 128x8 256x4]`` →
-``results/photo_use_x<scale>.json``.
+``photo_use_x<scale>.json`` in ``results/local/`` (``--publish``: ``results/``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_json  # noqa: E402
+from common import add_output_arguments, environment, use_output_arguments, write_json  # noqa: E402
 
 from sschsr_deploy.pretrained import shipped_weights  # noqa: E402
 from sschsr_deploy.runtime import load_model  # noqa: E402
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=4, choices=(4, 8))
     ap.add_argument("--sizes", nargs="+", default=["128x8", "256x4"], help="SIZExCOUNT scene groups")
     ap.add_argument("--threads", type=int, default=2)
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
+    use_output_arguments(args)
     torch.set_num_threads(args.threads)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     weights = args.weights or [str(shipped_weights("tiny", args.scale))]

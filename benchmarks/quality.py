@@ -12,7 +12,7 @@ disjoint from training and validation) it measures PSNR, SSIM, SAM and ERGAS of
 - reduced precision: PyTorch CPU autocast (bfloat16 and float16) and ONNX Runtime fp32 / fp16 exports;
 
 and for every model row the relative L2 deviation ``||out - out_whole_fp32|| / ||out_whole_fp32||``. Results go to
-``benchmarks/results/quality.json`` (+ a Markdown table printed for the README).
+``quality.json`` in ``results/local/`` (``--publish``: ``results/``) (+ a Markdown table printed for the README).
 
 Usage: ``python benchmarks/quality.py [--scale 4|8] [--weights W] [--size 384] [--scenes 12] [--no-onnx] [--core]``
 (``--scale 8`` writes ``quality_x8.json``; ``--core`` keeps the first five rows: bicubic, whole image, mismatched and
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_json  # noqa: E402
+from common import add_output_arguments, environment, use_output_arguments, write_json  # noqa: E402
 
 from sschsr_deploy import metrics  # noqa: E402
 from sschsr_deploy.data import make_scene  # noqa: E402
@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--core", action="store_true",
                     help="only bicubic, whole image, mismatched / aligned photo and the default tiling")
     ap.add_argument("--threads", type=int, default=2)
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
+    use_output_arguments(args)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = evaluate(args.weights, args.size, args.scenes, not args.no_onnx, args.scale, args.core)

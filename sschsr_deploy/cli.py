@@ -1,9 +1,14 @@
-"""The ``sschsr-deploy`` command line: ``infer`` (files in, file out), ``info`` (environment), ``demo`` (synthetic).
+"""The ``sschsr-deploy`` command line: ``infer`` (files in, file out), ``export`` (ONNX, verified), ``build-engine``
+(TensorRT), ``bench`` (backends side by side), ``info`` (environment), ``demo`` (synthetic scene).
 
 Every failure ends with one line on stderr (``sschsr-deploy: error: …``) and a non-zero exit status — 2 for bad input
-or arguments, 1 for anything else, 130 when interrupted — and no traceback unless ``--debug`` is given. ``infer``
-exits 0 only after the output file has been completely written and renamed into place; on failure nothing is left
-under the output name.
+or arguments, 1 for anything else (a failed export check, TensorRT missing, a crash), 130 when interrupted — and no
+traceback unless ``--debug`` is given. ``--debug`` and ``-v`` are accepted before or after the sub-command. Messages
+raised by the library in its own spelling (``tile=128x128``) are reworded into options (``--tile 128``) by
+:func:`cli_wording`. ``infer`` exits 0 only after the output file has been completely written and renamed into place;
+on failure nothing is left under the output name. The commands' work lives in their own modules
+(:mod:`sschsr_deploy.export`, :mod:`sschsr_deploy.engine_build`, :mod:`sschsr_deploy.bench`,
+:mod:`sschsr_deploy.demo`); this module parses, dispatches and reports.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import importlib.util
 import json
 import logging
 import platform
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +29,7 @@ from typing import Any
 from sschsr_deploy._version import __version__
 from sschsr_deploy.errors import SSCHSRError
 
-__all__ = ["main"]
+__all__ = ["cli_wording", "environment_info", "library_info", "main"]
 
 log = logging.getLogger("sschsr_deploy.cli")
 
@@ -39,35 +45,57 @@ class _ArgumentError(Exception):
     """argparse reported a usage error (raised instead of exiting, so ``main`` can return a status)."""
 
 
+class _Failed(Exception):
+    """A command failed for a reason other than its arguments (a check, a missing tool): exit status 1."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _ArgumentError(f"{message} (see {self.prog} --help)")
 
 
-def _tile_arg(value: str) -> int | str | None:
+def _global_flags(with_defaults: bool) -> argparse.ArgumentParser:
+    """``--debug`` and ``-v``: on the main parser with their defaults, and on every sub-command without (SUPPRESS),
+    so that they work after the sub-command and a flag given before it is not reset there."""
+    p = argparse.ArgumentParser(add_help=False)
+    extra: dict[str, Any] = {} if with_defaults else {"default": argparse.SUPPRESS}
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging", **extra)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO)", **extra)
+    return p
+
+
+def _tile_arg(value: str) -> int | tuple[int, int] | str | None:
     if value.lower() == "auto":
         return "auto"
     if value.lower() in ("none", "whole", "0"):
         return None
     try:
+        if "x" in value.lower():
+            h, w = (int(v) for v in value.lower().split("x"))
+            return h if h == w else (h, w)
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, 'auto' or 'whole'; got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, HxW, 'auto' or 'whole'; got {value!r}") from None
 
 
 def _build_parser() -> _Parser:
+    from sschsr_deploy import bench, demo, engine_build, export
     from sschsr_deploy.io.hsi import FORMATS
     from sschsr_deploy.runtime.planner import DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_TILE
 
-    parser = _Parser(prog=PROG, description="Deploy SSC-HSR: RGB-guided hyperspectral super-resolution.")
+    parser = _Parser(prog=PROG, description="Deploy SSC-HSR: RGB-guided hyperspectral super-resolution.",
+                     parents=[_global_flags(True)])
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (INFO)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    flags = _global_flags(False)
+
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[flags], **kw)
 
     def add_runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument("--tile", type=_tile_arg, default=DEFAULT_TILE,
-                       help=f"window side in HR px (≥128, multiple of 8), 'auto' or 'whole' (default {DEFAULT_TILE})")
+                       help=f"window side in HR px (≥128, multiple of 8), HxW, 'auto' or 'whole' (default "
+                            f"{DEFAULT_TILE})")
         p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP,
                        help=f"blending overlap in px, multiple of 8 (default {DEFAULT_OVERLAP})")
         p.add_argument("--margin", type=int, default=DEFAULT_MARGIN,
@@ -76,7 +104,7 @@ def _build_parser() -> _Parser:
         p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
         p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
-    p = sub.add_parser("infer", help="super-resolve an LR cube with an HR RGB reference")
+    p = command("infer", help="super-resolve an LR cube with an HR RGB reference")
     p.add_argument("--hsi", required=True, help="LR cube: .npy .npz .mat .h5 .hdr/.img (ENVI) .tif")
     p.add_argument("--ref", required=True, help="HR RGB reference: .png .jpg .tif (8 or 16 bit)")
     p.add_argument("--scale", type=int,
@@ -91,8 +119,8 @@ def _build_parser() -> _Parser:
                    "official .pth checkpoint (torch backend; default with --preset tiny: the shipped tiny weights for "
                    "--scale)")
     p.add_argument("--engine", metavar="PATH",
-                   help="an exported model instead of --weights: .onnx (export/export_onnx.py, standard ops; "
-                        "onnxruntime backend) or .engine/.plan (export/build_engine.py; tensorrt backend, CUDA). "
+                   help="an exported model instead of --weights: .onnx (sschsr-deploy export, standard ops; "
+                        "onnxruntime backend) or .engine/.plan (sschsr-deploy build-engine; tensorrt backend, CUDA). "
                         "Its own band count, RAFT iterations and batch-norm mode apply (--preset, --bands, --bn-mode "
                         "are ignored); a fixed-tile export runs its own tile unless --tile asks for another (error)")
     p.add_argument("--preset", choices=("tiny", "official"),
@@ -117,14 +145,26 @@ def _build_parser() -> _Parser:
     # argparse leaves as is (a str default would go through --tile's type conversion).
     p.set_defaults(tile=object())
 
-    p = sub.add_parser("info", help="show the environment: versions, CUDA, native extension, Triton")
+    p = command("export", help="export the network to ONNX and verify it (checker, shapes, ONNX Runtime parity); "
+                               "JSON report on stdout")
+    export.add_arguments(p)
+
+    p = command("build-engine", help="build a TensorRT engine (+ sidecar) from an exported ONNX file (-v: TensorRT's "
+                                     "verbose log)")
+    engine_build.add_arguments(p)
+
+    p = command("bench", help="per-tile latency, throughput and peak memory of backends side by side; JSON on stdout")
+    bench.add_arguments(p)
+
+    p = command("info", help="show the environment: versions, CUDA, native extension, Triton, ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("demo", help="generate a synthetic scene and run the tiny model on it (CPU, no downloads)")
+    p = command("demo", help="generate a synthetic scene and run the tiny model on it (CPU, no downloads)")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
-                   help="HR size (default 256 256)")
+    h, w = demo.DEFAULT_SIZE
+    p.add_argument("--size", type=int, nargs=2, default=demo.DEFAULT_SIZE, metavar=("H", "W"),
+                   help=f"HR size (default {h} {w}: several windows of the default tile, so it shows the tiling)")
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--weights", help="tiny-preset weights (default: the shipped tiny weights for --scale)")
     p.add_argument("--random-weights", action="store_true", help="use an untrained network (plumbing check)")
@@ -168,7 +208,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         if made_for is not None and made_for != backend:
             raise InputValidationError(
                 f"--engine {engine.name} is a file for the {made_for} backend, not {backend} (ONNX files run on "
-                "onnxruntime; TensorRT engines are built from them with export/build_engine.py)"
+                "onnxruntime; TensorRT engines are built from them with sschsr-deploy build-engine)"
             )
         if not engine.exists():
             raise InputValidationError(f"--engine: file not found: {engine}")
@@ -183,7 +223,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         if backend != "torch":
             raise InputValidationError(
                 f"--backend {backend} runs an exported model: give --engine PATH (an .onnx file from "
-                "export/export_onnx.py, or a TensorRT engine from export/build_engine.py)"
+                "sschsr-deploy export, or a TensorRT engine from sschsr-deploy build-engine)"
             )
         if args.cuda_graph:
             raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
@@ -232,6 +272,33 @@ def _version_of(dist: str) -> str | None:
         return None
 
 
+#: modules ``info`` reports, by the name they are imported under (the distribution that provides one may be named
+#: otherwise: ``onnxruntime`` comes from ``onnxruntime-gpu``, ``cv2`` from ``opencv-python-headless``)
+LIBRARIES = ("numpy", "scipy", "cv2", "skimage", "h5py", "tifffile", "safetensors", "onnx", "onnxscript", "onnxruntime",
+             "tensorrt")
+
+
+def library_info(module: str, distributions: dict[str, list[str]] | None = None) -> dict[str, Any] | None:
+    """Version and providing distribution of an importable ``module`` (``None`` when it cannot be imported);
+    ONNX Runtime also lists the execution providers its build offers. ``distributions``: a ready
+    ``importlib.metadata.packages_distributions()`` (it scans every installed package)."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    table = distributions if distributions is not None else importlib.metadata.packages_distributions()
+    dists = table.get(module) or []
+    dist = dists[0] if dists else None
+    info: dict[str, Any] = {"version": _version_of(dist) if dist else None, "distribution": dist}
+    if module == "onnxruntime":
+        try:
+            import onnxruntime
+
+            info["version"] = info["version"] or onnxruntime.__version__
+            info["providers"] = list(onnxruntime.get_available_providers())
+        except Exception as exc:  # a broken install: say so rather than fail `info`
+            info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
 def environment_info() -> dict[str, Any]:
     """What ``sschsr-deploy info`` reports."""
     import torch
@@ -260,12 +327,22 @@ def environment_info() -> dict[str, Any]:
         ]
     info["native_extension"] = native_status()
     info["triton"] = _version_of("triton") if importlib.util.find_spec("triton") is not None else None
-    info["libraries"] = {
-        name: _version_of(name)
-        for name in ("numpy", "scipy", "opencv-python-headless", "scikit-image", "h5py", "tifffile", "safetensors",
-                     "onnx", "onnxruntime-gpu", "onnxruntime", "tensorrt")
-    }
+    dists = importlib.metadata.packages_distributions()
+    info["libraries"] = {name: library_info(name, dists) for name in LIBRARIES}
     return info
+
+
+def _library_line(value: dict[str, Any] | None, module: str) -> str:
+    if value is None:
+        return "not installed"
+    text = str(value.get("version") or "installed, version unknown")
+    dist = value.get("distribution")
+    extra = [f"distribution {dist}"] if dist and dist != module else []
+    if "providers" in value:
+        extra.append(f"providers {', '.join(value['providers'])}")
+    if "error" in value:
+        extra.append(f"unusable: {value['error']}")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -274,7 +351,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return EXIT_OK
     for key, value in info.items():
-        if isinstance(value, dict):
+        if key == "libraries":
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {_library_line(v, k)}")
+        elif isinstance(value, dict):
             print(f"{key}:")
             for k, v in value.items():
                 print(f"  {k}: {v if v is not None else 'not installed'}")
@@ -287,89 +368,103 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _render(cube, srf, white: float):
-    import numpy as np
-
-    from sschsr_deploy.data import render_rgb
-
-    return np.clip(render_rgb(cube, srf) / white, 0.0, 1.0)
-
-
-def _demo_model(args: argparse.Namespace):
-    """The demo's model, its info and the note that goes into metrics.json."""
-    from sschsr_deploy.errors import InputValidationError
-    from sschsr_deploy.runtime import load_model
-
-    if args.random_weights:
-        note = (f"random weights (seed {args.seed}): the 'model' numbers measure the plumbing, not super-resolution "
-                "quality")
-        return (*load_model("tiny", random_weights=True, seed=args.seed, scale=args.scale), note)
-    if args.weights:
-        return (*load_model("tiny", args.weights, scale=args.scale), f"user weights {args.weights}")
-    try:
-        model, info = load_model(f"tiny-x{args.scale}")
-    except InputValidationError as exc:
-        log.warning("%s; running with random weights", exc)
-        return (*load_model("tiny", random_weights=True, seed=args.seed, scale=args.scale),
-                f"random weights: {exc}")
-    return model, info, f"shipped tiny weights {info['weights']} (trained on generated scenes of the train split)"
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
+    from sschsr_deploy.demo import run_demo
 
-    from sschsr_deploy import metrics
-    from sschsr_deploy.data import make_scene, render_rgb
-    from sschsr_deploy.errors import InputValidationError
-    from sschsr_deploy.io import atomic_write_json, load_hsi, to_uint8, write_hsi, write_rgb
-    from sschsr_deploy.preprocess import bicubic_upsample
-    from sschsr_deploy.runtime import Pipeline
-
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputValidationError(f"--out {out_dir} exists and is not a directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputValidationError(f"cannot create the output directory {out_dir}: {exc}") from exc
-    h, w = args.size
-    # held-out spectra, illuminants and camera: the demo shows what the shipped weights do on data they never saw
-    scene = make_scene(seed=args.seed, size=(h, w), scale=args.scale, split="test")
-    write_hsi(out_dir / "input_lr.npy", scene.lr_hsi)
-    write_rgb(out_dir / "input_ref.png", scene.ref_rgb)
-    write_hsi(out_dir / "ground_truth.npy", scene.hr_hsi)
-    model, info, note = _demo_model(args)
-    pipe = Pipeline(model, device=args.device, tile=args.tile, overlap=args.overlap, margin=args.margin,
-                    batch=args.batch, quiet=args.quiet, model_info=info)
-    out_path = pipe.run_files(out_dir / "input_lr.npy", out_dir / "input_ref.png", args.scale, out_dir / "output.npy",
-                              extra_info={"demo": {"seed": args.seed, "size": [h, w], "note": note}})
-    output = load_hsi(out_path)
-    bicubic = np.clip(bicubic_upsample(scene.lr_hsi.astype(np.float64), args.scale), 0.0, 1.0)
-    gt = scene.hr_hsi
-    results: dict[str, Any] = {}
-    for name, fn in (("psnr", metrics.psnr), ("ssim", metrics.ssim), ("sam", metrics.sam)):
-        results[name] = {"bicubic": fn(bicubic, gt), "model": fn(output, gt)}
-    results["ergas"] = {"bicubic": metrics.ergas(bicubic, gt, args.scale), "model": metrics.ergas(output, gt,
-                                                                                                  args.scale)}
-    results.update({
-        "units": {"psnr": "dB (mean over bands, data range 1)", "ssim": "mean over bands", "sam": "radians",
-                  "ergas": "dimensionless"},
-        "random_weights": info["random_weights"],
-        "weights": note,
-        "scene": {"seed": args.seed, "size": [h, w], "scale": args.scale, "bands": int(gt.shape[2])},
-        "plan": pipe.last_plan.describe(),
-        "timings": pipe.last_timings,
-    })
-    atomic_write_json(out_dir / "metrics.json", results)
-    white = float(np.percentile(render_rgb(gt, scene.srf), 99.5)) or 1.0
-    gap = np.ones((h, 8, 3))
-    panels = [_render(bicubic, scene.srf, white), gap, scene.ref_rgb / 255.0, gap, _render(output, scene.srf, white)]
-    write_rgb(out_dir / "preview.png", to_uint8(np.concatenate(panels, axis=1)))
+    results = run_demo(args.out, seed=args.seed, size=tuple(args.size), scale=args.scale, weights=args.weights,
+                       random_weights=args.random_weights, device=args.device, tile=args.tile, overlap=args.overlap,
+                       margin=args.margin, batch=args.batch, quiet=args.quiet)
     if not args.quiet:
-        print(f"demo written to {out_dir}: output.npy (+ .json), metrics.json, preview.png")
-        print(f"  PSNR bicubic {results['psnr']['bicubic']:.2f} dB, model {results['psnr']['model']:.2f} dB "
-              f"({'random weights' if info['random_weights'] else info['weights']})")
+        plan = results["plan"]
+        print(f"demo written to {args.out}: output.npy (+ .json), metrics.json, preview.png")
+        print(f"  {plan['image'][0]}x{plan['image'][1]} HR scene in {plan['windows']} window(s) of "
+              f"{plan['tile'][0]}x{plan['tile'][1]} px (overlap {plan['overlap']}, blended)")
+        print(f"  PSNR bicubic {results['psnr']['bicubic']:.2f} dB, model {results['psnr']['model']:.2f} dB; "
+              f"SAM bicubic {results['sam']['bicubic']:.2f}°, model {results['sam']['model']:.2f}°")
+        print(f"  weights: {results['weights']}")
     return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sschsr_deploy.engine.onnx import ExportCheckError
+    from sschsr_deploy.export import choose_weights, export_from_args
+
+    source = choose_weights(args.preset, args.weights, args.scale, args.bands)
+    if source.random:
+        log.warning("%s", source.note)
+    elif source.note:
+        print(f"{PROG}: {source.note}", file=sys.stderr)
+    try:
+        result = export_from_args(args, source)
+    except ExportCheckError as exc:
+        raise _Failed(f"export check FAILED: {exc} (the file is left for inspection: {args.out})") from exc
+    print(json.dumps(result.as_dict(), indent=2))
+    return EXIT_OK
+
+
+def _cmd_build_engine(args: argparse.Namespace) -> int:
+    from sschsr_deploy.engine_build import build_from_args
+    from sschsr_deploy.errors import InputValidationError
+
+    try:
+        report = build_from_args(args)
+    except InputValidationError:
+        raise
+    except (SSCHSRError, AssertionError) as exc:  # TensorRT missing, build failed, parity failed
+        raise _Failed(str(exc)) from exc
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from sschsr_deploy.bench import bench_from_args, summary_lines
+
+    def progress(message: str) -> None:
+        print(f"{PROG}: bench: {message}", file=sys.stderr)
+
+    report = bench_from_args(args, None if args.quiet else progress)
+    if not args.quiet:
+        print("\n".join(summary_lines(report)), file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# messages in the command line's words
+
+# (pattern, replacement): the library's keyword spellings -> the options that set them. Applied in order.
+_WORDING: list[tuple[str, Any]] = [
+    (r"\(tile=None / --tile whole\)", "(--tile whole)"),
+    (r"\btile=None\b", "--tile whole"),
+    (r"\btile=\(?(\d+)\s*[x,]\s*(\d+)\)?", lambda m: f"--tile {m[1]}" if m[1] == m[2] else f"--tile {m[1]}x{m[2]}"),
+    (r"\btile=(\d+)", r"--tile \1"),
+    (r"\btile=(['\"]?)(auto|default)\1", r"--tile \2"),
+    (r"^tile (\d+)x(\d+):", r"--tile \1 \2:"),
+    (r"\btile_min\b", "--tile-min"),
+    (r"\btile_max\b", "--tile-max"),
+    (r"\bpart=(['\"]?)(\w+)\1", r"--part \2"),
+    (r"\bbackend=(['\"]?)(\w+)\1", r"--backend \2"),
+    (r"\bpass scale \(--scale\)", "pass --scale"),
+    (r"\bomit the scale\b", "omit --scale"),
+    (r"\bpass bands=(\d+)", r"pass --bands \1"),
+    (r"\bpass rgb_bands\b", "pass --rgb-bands"),
+    (r"\bcompile=True\b", "--compile"),
+    (r"\boutput_scale must\b", "--output-scale must"),
+    (r"^(batch|overlap|margin) must\b", r"--\1 must"),
+    (r"\bexport/export_onnx\.py\b", "sschsr-deploy export"),
+    (r"\bexport/build_engine\.py\b", "sschsr-deploy build-engine"),
+    (r"\bsschsr_deploy\.engine\.onnx\.export_onnx\b", "sschsr-deploy export"),
+]
+
+
+def cli_wording(message: str, command: str | None = None) -> str:
+    """``message`` (raised by the library, worded for its API) worded for the command line: ``tile=128x128`` →
+    ``--tile 128``, ``tile=None`` → ``--tile whole``, ``export/export_onnx.py`` → ``sschsr-deploy export``, …"""
+    random_flag = "--allow-random-weights" if command == "infer" else "--random-weights"
+    message = re.sub(r"random_weights=True(?: \(--random-weights\))?", random_flag, message)
+    for pattern, replacement in _WORDING:
+        message = re.sub(pattern, replacement, message)
+    return message
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -407,7 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_OK
     _setup_logging(args)
-    handler = {"infer": _cmd_infer, "info": _cmd_info, "demo": _cmd_demo}[args.command]
+    debug = debug or args.debug
+    handler = {"infer": _cmd_infer, "info": _cmd_info, "demo": _cmd_demo, "export": _cmd_export,
+               "build-engine": _cmd_build_engine, "bench": _cmd_bench}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
@@ -415,10 +512,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Failed as exc:
+        if debug:
+            raise
+        print(f"{PROG}: error: {cli_wording(_one_line(exc), args.command)}", file=sys.stderr)
+        return EXIT_FAILURE
     except SSCHSRError as exc:
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {cli_wording(_one_line(exc), args.command)}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, MemoryError) as exc:
         if debug:

@@ -172,6 +172,32 @@ def test_debug_shows_the_traceback(files, tmp_path):
               "--scale", "4", "--out", str(tmp_path / "o.npy"), "--allow-random-weights"])
 
 
+def test_debug_and_verbose_after_the_subcommand(files, tmp_path, capsys):
+    import logging
+
+    folder, _ = files
+    with pytest.raises(Exception, match="file not found"):  # --debug after the sub-command: the traceback
+        main(["infer", "--hsi", str(tmp_path / "none.npy"), "--ref", str(folder / "ref.png"), "--scale", "4",
+              "--out", str(tmp_path / "o.npy"), "--allow-random-weights", "--debug"])
+    root = logging.getLogger("sschsr_deploy")
+    for argv, level in ((["info"], logging.WARNING), (["info", "-v"], logging.INFO), (["-v", "info"], logging.INFO),
+                        (["info", "--verbose"], logging.INFO), (["info", "--debug"], logging.DEBUG),
+                        (["--debug", "info", "-v"], logging.DEBUG)):  # a flag before is not reset by one after
+        assert main([*argv, "--json"]) == 0, argv
+        assert root.level == level, argv
+    capsys.readouterr()
+
+
+def test_tile_option_takes_the_sizes_messages_name():
+    """--tile takes what reworded messages suggest: 128, 128x96 (a non-square export's tile), auto, whole."""
+    from sschsr_deploy.cli import _build_parser
+
+    parse = _build_parser().parse_args
+    base = ["infer", "--hsi", "a.npy", "--ref", "b.png", "--out", "c.npy", "--tile"]
+    assert [parse([*base, t]).tile for t in ("128", "128x128", "128x96", "auto", "whole")] == \
+        [128, 128, (128, 96), "auto", None]
+
+
 def test_usage_errors_return_2(capsys):
     assert main(["infer", "--hsi", "x.npy"]) == 2
     assert "required" in _one_error_line(capsys)
@@ -186,9 +212,33 @@ def test_info(capsys):
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert {"torch", "cuda_available", "native_extension", "libraries"} <= set(info)
+    assert info["libraries"]["numpy"]["version"] == np.__version__
+
+
+def test_info_reports_onnxruntime_by_its_module(capsys):
+    """onnxruntime-gpu provides the module onnxruntime: info says it is installed, from which distribution, with
+    which providers (it used to look up the distribution 'onnxruntime' and say "not installed")."""
+    import importlib.metadata
+
+    ort = pytest.importorskip("onnxruntime")
+    dist = importlib.metadata.packages_distributions()["onnxruntime"][0]
+    assert main(["info", "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["libraries"]["onnxruntime"]
+    assert entry["version"] == ort.__version__ and entry["distribution"] == dist
+    assert "CPUExecutionProvider" in entry["providers"]
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("onnxruntime:"))
+    assert ort.__version__ in line and "not installed" not in line and "CPUExecutionProvider" in line
+    if dist != "onnxruntime":
+        assert f"distribution {dist}" in line
 
 
 def test_demo(tmp_path, capsys):
+    from PIL import Image
+
+    from sschsr_deploy import metrics as m
+    from sschsr_deploy.demo import GAP
+
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--size", "128", "128", "--seed", "3", "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -198,9 +248,33 @@ def test_demo(tmp_path, capsys):
     assert metrics["random_weights"] is False and "tiny_x4" in metrics["weights"]  # the shipped weights by default
     assert metrics["psnr"]["bicubic"] > 20
     assert metrics["psnr"]["model"] > metrics["psnr"]["bicubic"] + 3.0  # they really super-resolve (measured +4.02)
-    assert (out / "preview.png").stat().st_size > 0
-    assert load_hsi(out / "output.npy").shape == (128, 128, 31)
+    output, gt = load_hsi(out / "output.npy"), load_hsi(out / "ground_truth.npy")
+    assert output.shape == (128, 128, 31)
     assert json.loads((out / "output.npy.json").read_text())["demo"]["seed"] == 3
+    # SAM in degrees, as the README quotes it, and the unit says so
+    assert metrics["units"]["sam"].startswith("degrees")
+    assert metrics["sam"]["model"] == pytest.approx(np.degrees(m.sam(output, gt)), rel=1e-6)
+    assert 0.5 < metrics["sam"]["model"] < metrics["sam"]["bicubic"] < 30
+    # five labelled panels: bicubic | reference photo | output | ground truth | |error|
+    preview = np.asarray(Image.open(out / "preview.png").convert("RGB"))
+    header = preview.shape[0] - 128
+    assert preview.shape[1] == 5 * 128 + 4 * GAP and 10 < header < 60
+    for k in range(5):
+        strip = preview[:header, k * (128 + GAP):k * (128 + GAP) + 128]
+        assert (strip.min(axis=2) < 100).sum() > 40, f"panel {k} has no label"  # dark text on the white header
+    gt_panel = preview[header:, 3 * (128 + GAP):3 * (128 + GAP) + 128].astype(float)
+    out_panel = preview[header:, 2 * (128 + GAP):2 * (128 + GAP) + 128].astype(float)
+    assert 0 < np.abs(gt_panel - out_panel).mean() < 20  # the ground truth, close to the output but not it
+
+
+def test_demo_default_scene_is_tiled():
+    """The default demo scene is larger than the default tile, so the demo shows several blended windows."""
+    from sschsr_deploy.cli import _build_parser
+    from sschsr_deploy.runtime.planner import plan_tiles
+
+    args = _build_parser().parse_args(["demo", "--out", "x"])
+    plan = plan_tiles(*args.size, args.tile, args.overlap, args.margin)
+    assert len(plan) >= 4 and not plan.whole_image
 
 
 def test_demo_random_weights_says_so(tmp_path):
