@@ -34,7 +34,7 @@ determinism     bitwise repeats of every kernel; >2**31-element cases (int64)   
 sanitizer       compute-sanitizer memcheck / racecheck / synccheck, small cases        90-200 s    420 s    -
 tensorrt        pytest -m tensorrt (not run without TensorRT)                          0 / 300 s   420 s    300 s
 ort-cuda        ONNX Runtime CUDA provider test (not run without the provider)         0 / 60 s    240 s    180 s
-bench           bench_deform_conv / bench_attention / bench_patch_match --quick        60-150 s    360 s    -
+bench           bench_deform_conv / bench_spectral_attention / bench_patch_match --quick        60-150 s    360 s    -
 ==============  =====================================================================  ==========  =======  ========
 
 All of it is about 9-13 minutes including the build: more than one 9-minute command. ``--budget`` (default 510 s)
@@ -164,7 +164,7 @@ ALIASES = {
     "tests": ("kernels", "triton-configs", "cuda-graph", "determinism", "tensorrt", "ort-cuda"),
 }
 BENCHMARKS = (("benchmarks/bench_deform_conv.py", "deform_conv_cuda.json"),
-              ("benchmarks/bench_attention.py", "attention_cuda.json"),
+              ("benchmarks/bench_spectral_attention.py", "spectral_attention_cuda.json"),
               ("benchmarks/bench_patch_match.py", "patch_match_cuda.json"))
 BENCH_STEP_TIMEOUT = 200.0
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")

@@ -62,6 +62,6 @@ def test_every_benchmark_takes_publish(script):
 
 
 def test_bench_script_help_lists_publish():
-    res = subprocess.run([sys.executable, str(BENCH / "bench_attention.py"), "--help"], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([sys.executable, str(BENCH / "bench_spectral_attention.py"), "--help"], capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0 and "--publish" in res.stdout, res.stderr

@@ -359,10 +359,11 @@ def test_sanitizer(tmp_path, monkeypatch):
 
 
 def test_bench_without_result_file_fails(tmp_path):
-    suite, _, _ = make_suite(tmp_path, {"bench/bench_attention": result(0, "")})
+    suite, _, _ = make_suite(tmp_path, {"bench/bench_spectral_attention": result(0, "")})
     results = suite.run(["env", "build", "bench"])
     line = gs.summary_line(results)
-    assert gs.verdict(results) == "FAIL" and "bench_attention: no readable result attention_cuda.json" in line
+    assert gs.verdict(results) == "FAIL"
+    assert "bench_spectral_attention: no readable result spectral_attention_cuda.json" in line
 
 
 def test_ort_cuda_runs_only_with_the_cuda_provider(tmp_path):

@@ -6,7 +6,7 @@ reference (``spectral_attention_reference``: F.normalize, matmul, softmax, matmu
 is the time to move the op's unavoidable bytes (read q, k, v once, write out once) at the memory bandwidth measured in
 the same run with a large tensor copy (read + write).
 
-    python benchmarks/bench_attention.py --device cpu [--quick]
+    python benchmarks/bench_spectral_attention.py --device cpu [--quick]
 """
 
 from __future__ import annotations
@@ -127,10 +127,10 @@ def main() -> None:
         "minima (less sensitive to other jobs on a shared machine)",
         "configs": configs,
     }
-    path = write_json(f"attention_{device}", payload)
+    path = write_json(f"spectral_attention_{device}", payload)
     groups = [f"{c['hr']}² {c['layer']} {c['dtype']}" for c in configs]
     bar_chart(
-        f"attention_{device}",
+        f"spectral_attention_{device}",
         f"Spectral attention on {device}: time per call (lower is better)",
         groups,
         {
