@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from sschsr_deploy.engine import graph as g  # noqa: E402
 from sschsr_deploy.engine import plugins as P  # noqa: E402
+from sschsr_deploy.engine.ops import deform_conv as DC  # noqa: E402
 
 B, C, H, W, O, G = 1, 16, 12, 10, 8, 2
 
@@ -215,9 +216,10 @@ def test_deform_conv_entry_kernel_is_correct_under_the_interpreter(monkeypatch):
     body = _deform_conv2d_kernel
     while not hasattr(body, "__code__"):
         body = body.fn  # Autotuner -> JITFunction / InterpretedFunction -> python function
-    monkeypatch.setattr(P, "_DCN_BODY", InterpretedFunction(body))
-    monkeypatch.setattr(P, "_DCN_STRIDES", InterpretedFunction(P._dcn_entry_strides))
-    entry = InterpretedFunction(P._dcn_trt_entry)
+    # the entry kernel reads its body and strides from the globals of the DCN's export module
+    monkeypatch.setattr(DC, "_DCN_BODY", InterpretedFunction(body))
+    monkeypatch.setattr(DC, "_DCN_STRIDES", InterpretedFunction(DC._dcn_entry_strides))
+    entry = InterpretedFunction(DC._dcn_trt_entry)
     torch.manual_seed(0)
     b, c, h, w, o, g = 2, 16, 9, 7, 8, 2
     x, wt, bias = torch.randn(b, c, h, w), torch.randn(o, c, 3, 3) * 0.2, torch.randn(o)
@@ -235,6 +237,24 @@ def test_plugin_hashes_cover_every_plugin():
     assert set(hashes) == {f"sschsr::{op}" for op in P.PLUGIN_OP_TYPES}
     assert all(len(h) == 64 for h in hashes.values())
     assert len(set(hashes.values())) == 3
+
+
+def test_each_plugin_hash_covers_its_op_export_module(monkeypatch, tmp_path):
+    """An op's hash changes with its own export module (engine/ops/<op>.py), and only that op's hash."""
+    import dataclasses
+    from pathlib import Path
+
+    from sschsr_deploy.engine.ops import REGISTRY
+
+    before = P.plugin_hashes()
+    for entry in REGISTRY:
+        assert Path(entry.source).name == f"{entry.kernel_sources[0]}"  # ops/<op>.py next to kernels/triton/<op>.py
+        edited = tmp_path / Path(entry.source).name
+        edited.write_bytes(Path(entry.source).read_bytes() + b"\n# edited\n")
+        monkeypatch.setattr(P, "REGISTRY", tuple(dataclasses.replace(e, source=str(edited)) if e is entry else e
+                                                 for e in REGISTRY))
+        after = P.plugin_hashes()
+        assert {k for k in before if before[k] != after[k]} == {entry.plugin_id}
 
 
 def _strides_probe(out_ptr, C, H, W, Ho, Wo, O, G, K):

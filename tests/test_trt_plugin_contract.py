@@ -1,6 +1,7 @@
 """Our TensorRT plugins against a stand-in of TensorRT's documented plugin contract (``tests/trt_standin.py``).
 
-TensorRT cannot be installed here, so the plugin definitions of :mod:`sschsr_deploy.engine.plugins` go through a
+TensorRT cannot be installed here, so the plugin definitions (one module per op under
+:mod:`sschsr_deploy.engine.ops`, registered by :mod:`sschsr_deploy.engine.plugins`) go through a
 stand-in of ``tensorrt.plugin`` that validates them the way TensorRT does: registration, the shape functions on fake
 and symbolic expressions, the autotune combinations, the AOT launch (a real PTX kernel, symbolic grid and arguments),
 the JIT implementations (run on the CPU through the Triton interpreter), and the ONNX parser's routing of our nodes.
@@ -24,6 +25,9 @@ from onnx import helper  # noqa: E402
 
 from sschsr_deploy.engine import graph as G  # noqa: E402
 from sschsr_deploy.engine import plugins as P  # noqa: E402
+from sschsr_deploy.engine.ops import deform_conv as DC  # noqa: E402
+from sschsr_deploy.engine.ops import patch_match as PMOD  # noqa: E402
+from sschsr_deploy.engine.ops import spectral_attention as SAMOD  # noqa: E402
 from sschsr_deploy.kernels import triton_interpreting  # noqa: E402
 
 DCN, SA, PM = (f"sschsr::{op}" for op in P.PLUGIN_OP_TYPES)
@@ -210,24 +214,31 @@ def _mutant(module: types.ModuleType, old: str, new: str, monkeypatch) -> types.
     return mutant
 
 
-def test_defect_1_postponed_annotations_fail_registration(trt, monkeypatch):
-    mutant = _mutant(P, "", "from __future__ import annotations\n", monkeypatch)
+def _register_mutant(mutant: types.ModuleType) -> None:
+    """Register the plugin of a re-executed op module (its own ``EXPORT`` entry, so the mutant's code runs)."""
+    assert mutant.EXPORT.register_plugin.__module__ == mutant.__name__
+    P.register_plugins(compute_capability=90, ops=[mutant.EXPORT])
+
+
+@pytest.mark.parametrize("op_module", [DC, SAMOD, PMOD], ids=lambda m: m.__name__.rpartition(".")[2])
+def test_defect_1_postponed_annotations_fail_registration(trt, monkeypatch, op_module):
+    mutant = _mutant(op_module, "", "from __future__ import annotations\n", monkeypatch)
     with pytest.raises(TypeError, match="issubclass"):
-        mutant.register_plugins(compute_capability=90)
+        _register_mutant(mutant)
 
 
 def test_defect_2_aot_impl_without_return_annotation_fails_registration(trt, monkeypatch):
     line = ("                 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, "
             "trtp.SymIntExprs]:  # noqa: UP006,UP007\n")
-    mutant = _mutant(P, line, "                 ):\n", monkeypatch)
+    mutant = _mutant(DC, line, "                 ):\n", monkeypatch)
     with pytest.raises(ValueError, match="No return annotation found for aot_impl"):
-        mutant.register_plugins(compute_capability=90)
+        _register_mutant(mutant)
 
 
 def test_defect_3_int_on_a_shape_expression_fails_the_shape_function(trt, monkeypatch):
-    mutant = _mutant(P, 'kh, kw = _static(kh, "the kernel height"), _static(kw, "the kernel width")',
+    mutant = _mutant(DC, 'kh, kw = _static(kh, "the kernel height"), _static(kw, "the kernel width")',
                      "kh, kw = int(kh), int(kw)", monkeypatch)
-    mutant.register_plugins(compute_capability=90)
+    _register_mutant(mutant)
     with pytest.raises(TypeError):
         S.output_descs(S.REGISTRY.plugins[DCN], _dcn_descs(), DCN_ATTRS)
 

@@ -1,7 +1,7 @@
 """A stand-in for the surface of TensorRT that our plugin code meets, for CPU tests: ``tensorrt.plugin`` (the Python
 plugin API of TensorRT >= 10.9), the few ``tensorrt`` names it uses, and onnx-tensorrt's routing of custom nodes.
 
-TensorRT cannot be installed on our machines, so the plugin definitions in :mod:`sschsr_deploy.engine.plugins` are
+TensorRT cannot be installed on our machines, so the plugin definitions (:mod:`sschsr_deploy.engine.ops`) are
 checked against this module instead. It is written from TensorRT's documentation of ``tensorrt.plugin`` and of the
 ONNX parser, with the same *validation* TensorRT performs where it rejects code:
 

@@ -5,7 +5,9 @@
 - :mod:`.graph` — plain-``onnx`` rewrites (stock ``DeformConv`` ↔ our plugin node, function bodies, metadata).
 - :mod:`.trt_support` — static check of a graph against TensorRT's ONNX operator support matrix (kept as data).
 - :mod:`.sidecar` — the engine sidecar JSON and the compatibility check done before loading an engine.
-- :mod:`.plugins` — TensorRT Python-plugin descriptors for our nodes, AOT PTX from our Triton kernels.
+- :mod:`.ops` — one module per custom op (``deform_conv``, ``spectral_attention``, ``patch_match``): its ONNX schema,
+  translations and reference body, and its TensorRT plugin (shape / type functions, JIT and AOT implementations).
+- :mod:`.plugins` — registers the ops' TensorRT plugins with ``tensorrt.plugin``; AOT PTX, plugin hashes.
 - :mod:`.tensorrt` — engine build (profiles, timing cache, strongly typed), loading with checks, runner.
 
 Submodules are imported on use: nothing here needs onnx, onnxruntime or TensorRT at import time.

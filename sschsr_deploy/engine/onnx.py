@@ -12,7 +12,8 @@ Operator modes (``ops=``):
 
 - ``"standard"``: plain ONNX (opset 20 by default) that ONNX Runtime and TensorRT's parser run: modulated deformable
   convolution becomes the ONNX ``DeformConv`` node; spectral attention and patch matching are decomposed into standard
-  ops (the same bodies as the custom nodes' reference functions below). The patch-matching decomposition holds the full
+  ops (the same bodies as the custom nodes' reference functions; each op's schema, body and translations are in its
+  module under :mod:`sschsr_deploy.engine.ops`). The patch-matching decomposition holds the full
   N×P score matrix of a tile (N = P = (H/4−2)(W/4−2): 3.5 MB per image at 128², 59 MB at 256², 1 GB at 512²).
 - ``"custom"``: spectral attention and patch matching are single nodes of the ``sschsr`` domain
   (``sschsr::SpectralAttention(q, k, v, temperature){heads}``, ``sschsr::PatchMatch(feat, ref_feat){patch_size}`` →
@@ -86,6 +87,9 @@ from ..errors import SSCHSRError
 from ..model import INPUT_NAMES, SSCHSR
 from ..ops._backend import forced_backends
 from ..weights import ModelMeta
+from .ops import CUSTOM_DOMAIN
+from .ops import REGISTRY as EXPORT_OPS
+from .ops._shared import register_schema
 
 __all__ = [
     "CUSTOM_DOMAIN",
@@ -111,7 +115,6 @@ __all__ = [
     "translation_table",
 ]
 
-CUSTOM_DOMAIN = "sschsr"
 DEFAULT_OPSET = 20
 FP32_TOLERANCE = 1e-4
 # fp16 graph vs fp32 PyTorch (relative L2 error of the output and of its residual over hsi_sr). Measured on the tiny
@@ -131,163 +134,24 @@ class ExportCheckError(SSCHSRError, RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# custom-domain schemas and reference bodies (onnxscript)
+# custom-domain schemas, reference bodies and translations: per op in sschsr_deploy.engine.ops
 
 def _register_schemas() -> None:
     """Register the ``sschsr`` op schemas with ``onnx.defs`` (once): the checker then validates our nodes."""
-    import onnx
-    from onnx.defs import OpSchema
-
-    fp = OpSchema.FormalParameter
-    floats = ["tensor(float)", "tensor(float16)"]
-    # read by TensorRT's ONNX parser to route a node to a Python plugin (see engine/graph.py); optional here
-    plugin_attrs = [
-        OpSchema.Attribute("plugin_namespace", OpSchema.AttrType.STRING, "TensorRT plugin namespace", required=False),
-        OpSchema.Attribute("plugin_version", OpSchema.AttrType.STRING, "TensorRT plugin version", required=False),
-        OpSchema.Attribute("aot", OpSchema.AttrType.INT, "prefer the plugin's AOT implementation", required=False),
-    ]
-    schemas = [
-        OpSchema(
-            "SpectralAttention", CUSTOM_DOMAIN, 1,
-            doc="softmax((q̂ k̂ᵀ)·τ) v per head (channel attention); q̂, k̂: channel rows divided by max(‖·‖₂, 1e-12)",
-            inputs=[fp("q", "T"), fp("k", "T"), fp("v", "T"), fp("temperature", "T")],
-            outputs=[fp("out", "T")],
-            type_constraints=[("T", floats, "float tensors")],
-            attributes=[OpSchema.Attribute("heads", OpSchema.AttrType.INT, "number of heads"), *plugin_attrs],
-        ),
-        OpSchema(
-            "PatchMatch", CUSTOM_DOMAIN, 1,
-            doc="best cosine-matching reference patch for every input window (see ops/patch_match.py)",
-            inputs=[fp("feat", "T"), fp("ref_feat", "T")],
-            outputs=[fp("index", "I"), fp("similarity", "T")],
-            type_constraints=[("T", floats, "float tensors"), ("I", ["tensor(int64)"], "patch index")],
-            attributes=[OpSchema.Attribute("patch_size", OpSchema.AttrType.INT, "patch size p"), *plugin_attrs],
-        ),
-        OpSchema(
-            "ModulatedDeformConv2d", CUSTOM_DOMAIN, 1,
-            doc="DCNv2 (see ops/deform_conv.py); inputs in the torch op's order",
-            inputs=[fp("input", "T"), fp("offset", "T"), fp("mask", "T"), fp("weight", "T"), fp("bias", "T")],
-            outputs=[fp("output", "T")],
-            type_constraints=[("T", floats, "float tensors")],
-            attributes=[
-                OpSchema.Attribute("stride", OpSchema.AttrType.INTS, "stride (h, w)"),
-                OpSchema.Attribute("padding", OpSchema.AttrType.INTS, "padding (h, w)"),
-                OpSchema.Attribute("dilation", OpSchema.AttrType.INTS, "dilation (h, w)"),
-                OpSchema.Attribute("groups", OpSchema.AttrType.INT, "conv groups"),
-                OpSchema.Attribute("offset_groups", OpSchema.AttrType.INT, "offset groups"),
-                *plugin_attrs,
-            ],
-        ),
-    ]
-    for s in schemas:
-        try:
-            onnx.defs.get_schema(s.name, 1, CUSTOM_DOMAIN)
-        except onnx.defs.SchemaError:
-            onnx.defs.register_schema(s)
+    for entry in EXPORT_OPS:
+        register_schema(entry.schema())
 
 
 @functools.cache
 def _script():
-    """The onnxscript pieces, built lazily (onnxscript is only needed for export)."""
-    import onnxscript
+    """The onnxscript pieces that belong to no ``sschsr`` op, built lazily (onnxscript is only needed for export)."""
     from onnxscript import opset20 as op
-    from onnxscript.values import Opset
-
-    _register_schemas()
-    custom = Opset(CUSTOM_DOMAIN, 1)
-    body_domain = Opset("sschsr_reference", 1)  # the functions' own domain; renamed to sschsr when attached
-
-    @onnxscript.script(body_domain, default_opset=op)
-    def SpectralAttention(q, k, v, temperature, heads: int):
-        shape = op.Shape(q)
-        b = op.Slice(shape, [0], [1])
-        c = op.Slice(shape, [1], [2])
-        hd = op.Reshape(op.Constant(value_int=heads), op.Constant(value_ints=[1]))
-        per_head = op.Concat(b, hd, op.Div(c, hd), op.Constant(value_ints=[-1]), axis=0)
-        qh = op.Reshape(q, per_head)
-        kh = op.Reshape(k, per_head)
-        eps = op.CastLike(op.Constant(value_float=1e-12), q)
-        qn = op.Div(qh, op.Max(op.ReduceL2(qh, op.Constant(value_ints=[-1]), keepdims=1), eps))
-        kn = op.Div(kh, op.Max(op.ReduceL2(kh, op.Constant(value_ints=[-1]), keepdims=1), eps))
-        tau = op.Reshape(temperature, op.Constant(value_ints=[1, -1, 1, 1]))
-        attn = op.Softmax(op.Mul(op.MatMul(qn, op.Transpose(kn, perm=[0, 1, 3, 2])), tau), axis=-1)
-        out = op.MatMul(attn, op.Reshape(v, per_head))
-        return op.Reshape(out, shape)
-
-    @onnxscript.script(body_domain, default_opset=op)
-    def PatchMatch(feat, ref_feat, patch_size: int):
-        # per-pixel L2 normalisation (norm clamped at 1e-12)
-        eps_px = op.CastLike(op.Constant(value_float=1e-12), feat)
-        eps_patch = op.CastLike(op.Constant(value_float=1e-5), feat)
-        ch_axis = op.Constant(value_ints=[1])
-        fi = op.Div(feat, op.Max(op.ReduceL2(feat, ch_axis, keepdims=1), eps_px))
-        fr = op.Div(ref_feat, op.Max(op.ReduceL2(ref_feat, ch_axis, keepdims=1), eps_px))
-        shape = op.Shape(feat)
-        b = op.Slice(shape, [0], [1])
-        c = op.Slice(shape, [1], [2])
-        h = op.Slice(shape, [2], [3])
-        w = op.Slice(shape, [3], [4])
-        p = op.Reshape(op.Constant(value_int=patch_size), op.Constant(value_ints=[1]))
-        one = op.Constant(value_ints=[1])
-        hp = op.Add(op.Sub(h, p), one)
-        wp = op.Add(op.Sub(w, p), one)
-        # unfold p×p windows by a gather: index (tap, position) into the flattened h·w pixels
-        zero = op.Constant(value_int=0)
-        step = op.Constant(value_int=1)
-        ys = op.Range(zero, op.Squeeze(hp), step)
-        xs = op.Range(zero, op.Squeeze(wp), step)
-        taps = op.Range(zero, op.Squeeze(op.Mul(p, p)), step)
-        ti = op.Div(taps, op.Squeeze(p))
-        tj = op.Mod(taps, op.Squeeze(p))
-        tap_off = op.Add(op.Mul(ti, op.Squeeze(w)), tj)  # (p·p,)
-        pos = op.Reshape(
-            op.Add(op.Unsqueeze(op.Mul(ys, op.Squeeze(w)), [1]), op.Unsqueeze(xs, [0])), op.Constant(value_ints=[-1])
-        )  # (P,), row-major over (y, x)
-        idx = op.Add(op.Unsqueeze(tap_off, [1]), op.Unsqueeze(pos, [0]))  # (p·p, P)
-        flat = op.Concat(b, c, op.Constant(value_ints=[-1]), axis=0)
-        cols = op.Concat(b, op.Constant(value_ints=[-1]), op.Reshape(op.Mul(hp, wp), [1]), axis=0)
-        win = op.Reshape(op.Gather(op.Reshape(fi, flat), idx, axis=2), cols)  # (B, C·p·p, P), c major
-        pat = op.Reshape(op.Gather(op.Reshape(fr, flat), idx, axis=2), cols)  # (B, C·p·p, N)
-        pat = op.Div(pat, op.Add(op.ReduceL2(pat, ch_axis, keepdims=1), eps_patch))
-        win_norm = op.Add(op.ReduceL2(win, ch_axis, keepdims=0), eps_patch)  # (B, P)
-        scores = op.MatMul(op.Transpose(pat, perm=[0, 2, 1]), win)  # (B, N, P)
-        best = op.ReduceMax(scores, ch_axis, keepdims=0)
-        index = op.ArgMax(scores, axis=1, keepdims=0, select_last_index=0)  # ties -> lowest patch index
-        out_shape = op.Concat(b, hp, wp, axis=0)
-        return op.Reshape(index, out_shape), op.Reshape(op.Div(best, win_norm), out_shape)
-
-    def deform_conv(input, offset, mask, weight, bias, stride, padding, dilation, groups, offset_groups):
-        kh, kw = int(weight.shape[2]), int(weight.shape[3])
-        return op.DeformConv(
-            input, weight, offset, bias, mask,
-            dilations=[int(d) for d in dilation], group=int(groups), offset_group=int(offset_groups),
-            pads=[int(padding[0]), int(padding[1]), int(padding[0]), int(padding[1])],
-            strides=[int(s) for s in stride], kernel_shape=[kh, kw],
-        )
-
-    def attention_standard(q, k, v, temperature, heads):
-        return SpectralAttention.function(q, k, v, temperature, int(heads))
-
-    def patch_match_standard(feat, ref_feat, patch_size):
-        return PatchMatch.function(feat, ref_feat, int(patch_size))
-
-    def attention_custom(q, k, v, temperature, heads):
-        return custom.SpectralAttention(q, k, v, temperature, heads=int(heads))
-
-    def patch_match_custom(feat, ref_feat, patch_size):
-        return custom.PatchMatch(feat, ref_feat, patch_size=int(patch_size))
 
     def remainder(self, other):
         # aten.remainder.Scalar with a symbolic divisor (dynamic tile size): Python-style modulo on integers
         return op.Mod(self, op.CastLike(other, self), fmod=0)
 
-    return {
-        "remainder": remainder,
-        "functions": {"SpectralAttention": SpectralAttention, "PatchMatch": PatchMatch},
-        "deform_conv": deform_conv,
-        "standard": {"spectral_attention": attention_standard, "patch_match": patch_match_standard},
-        "custom": {"spectral_attention": attention_custom, "patch_match": patch_match_custom},
-    }
+    return {"remainder": remainder}
 
 
 def reference_functions() -> list:
@@ -296,11 +160,14 @@ def reference_functions() -> list:
     Attach them to a custom-mode model (``model.functions.extend(...)``) to run it on ONNX Runtime; TensorRT must see
     the model *without* them so that its parser hands the nodes to our plugins.
     """
+    _register_schemas()
     out = []
-    for name, fn in _script()["functions"].items():
-        proto = fn.to_function_proto()
+    for entry in EXPORT_OPS:
+        if entry.reference_function is None:
+            continue
+        proto = entry.reference_function().to_function_proto()
         proto.domain = CUSTOM_DOMAIN
-        proto.name = name
+        proto.name = entry.name
         out.append(proto)
     return out
 
@@ -309,15 +176,12 @@ def translation_table(ops: str) -> dict:
     """``custom_translation_table`` for ``torch.onnx.export`` in the given operator mode."""
     if ops not in OPS_MODES:
         raise ValueError(f"ops must be one of {OPS_MODES}, got {ops!r}")
-    s = _script()
-    table = {torch.ops.sschsr.modulated_deform_conv2d.default: s["deform_conv"]}
-    table[torch.ops.sschsr.spectral_attention.default] = s[ops]["spectral_attention"]
-    table[torch.ops.sschsr.patch_match.default] = s[ops]["patch_match"]
-    return table
+    _register_schemas()
+    return {getattr(torch.ops.sschsr, entry.torch_op).default: entry.translation(ops) for entry in EXPORT_OPS}
 
 
 # every op as a single torch node while tracing; the translation table decides what each becomes in ONNX
-_TRACE_AS_OPS = dict(modulated_deform_conv2d="op", spectral_attention="op", patch_match="op", gram_and_norms="op")
+_TRACE_AS_OPS = {**{entry.torch_op: "op" for entry in EXPORT_OPS}, "gram_and_norms": "op"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
