@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..data.flow_pairs import FlowPairPool
 from ..io.atomic import atomic_path, atomic_write_json
 from ..model.presets import MIN_SIZE
+from ..weights import ModelMeta
 from .config import VALIDATION_SEED, TrainConfig, _bypasses_raft, _raft_eval_in_stage2, _raft_frozen, check_model_sizes
 from .curves import plot_curves
 from .evaluation import flow_error, matching_accuracy, validate
@@ -271,7 +272,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True) -> dict[st
 
     model.eval()
     weights = out / "weights.safetensors"
-    meta = {"preset": cfg.preset, "scale": str(cfg.scale), "bands": "31", "trained_by": "sschsr_deploy.train"}
+    # the one metadata schema (sschsr_deploy.weights.ModelMeta): load_model reads the preset, scale and bands back
+    meta = {**ModelMeta(cfg.preset, int(cfg.scale), 31, tuple(model.config.rgb_bands),
+                        model.batchnorm_mode).to_metadata(), "trained_by": "sschsr_deploy.train"}
     save_safetensors(model, weights, metadata=meta)
     card = {
         "preset": cfg.preset, "scale": cfg.scale, "bands": 31, "weights_sha256": state_dict_sha256(model),
