@@ -64,17 +64,26 @@ class ModelMeta:
         """Parse the schema's keys from ``meta``; a key that is missing comes from ``defaults`` (refused without)."""
         values: dict[str, Any] = {}
         for key in cls.KEYS:
-            raw = meta.get(key)
-            if raw is None:
+            value = cls.read(meta, key, source)
+            if value is None:
                 if defaults is None:
                     raise InputValidationError(f"{source} has no {key!r} in its metadata")
-                values[key] = getattr(defaults, key)
-                continue
-            try:
-                values[key] = _parse(key, str(raw))
-            except ValueError:
-                raise InputValidationError(f"{source}: metadata {key}={raw!r} is not valid") from None
+                value = getattr(defaults, key)
+            values[key] = value
         return cls(**values)
+
+    @classmethod
+    def read(cls, meta: Mapping[str, str], key: str, source: str) -> Any:
+        """One field of the schema from ``meta``, parsed and checked; ``None`` when absent (an older file)."""
+        if key not in cls.KEYS:
+            raise KeyError(key)
+        raw = meta.get(key)
+        if raw is None:
+            return None
+        try:
+            return _parse(key, str(raw))
+        except ValueError:
+            raise InputValidationError(f"{source}: metadata {key}={raw!r} is not valid") from None
 
     def check(self, source: str, **requested: Any) -> None:
         """Refuse any requested field (not ``None``) that differs from this metadata, naming every difference."""

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.model import INPUT_NAMES
+from sschsr_deploy.weights import ModelMeta
 
 __all__ = ["Backend", "ExportSpec", "ExportedModelBackend", "resolve_device"]
 
@@ -211,7 +212,7 @@ class ExportSpec:
             bands=int(bands), tile_min=tile_min, tile_max=tile_max, tile=tile,  # type: ignore[arg-type]
             batch_min=int(b_lo), batch_max=None if b_hi is None else int(b_hi),
             batch_independent=meta.get("batchnorm_mode", "running") != "batch", metadata=meta,
-            scale=_meta_int(meta, "scale", source),
+            scale=ModelMeta.read(meta, "scale", source),
         )
 
     def config(self) -> Any:
@@ -225,11 +226,9 @@ class ExportSpec:
         fields: dict[str, Any] = {"bands": self.bands}
         if self.scale is not None:
             fields["scale"] = self.scale
-        if self.metadata.get("rgb_bands"):
-            from sschsr_deploy.weights import ModelMeta
-
-            fields["rgb_bands"] = ModelMeta.from_metadata(
-                self.metadata, "the exported model", defaults=ModelMeta(preset, 1, self.bands, (0, 0, 0))).rgb_bands
+        rgb_bands = ModelMeta.read(self.metadata, "rgb_bands", "the exported model")
+        if rgb_bands is not None:
+            fields["rgb_bands"] = rgb_bands
         return get_preset(preset, **fields)
 
     def describe(self) -> dict[str, Any]:
