@@ -71,3 +71,21 @@ def test_tiny_network_under_cpu_autocast(dtype, tol):
             got = model(*inputs)
     assert torch.isfinite(got).all()
     assert _rel(got, want) < tol  # measured (random weights): bf16 ~1e-2, fp16 ~2e-3
+
+
+def test_one_island_marker_for_autocast_and_the_fp16_export():
+    """The same float32_island marker decides both: under autocast the warp runs float32 (result float32); in export
+    mode (a float16 model traced inside export_islands) it computes in float32 and returns the input's float16."""
+    from sschsr_deploy.model.warp import warp_reference_exact
+    from sschsr_deploy.ops._backend import export_islands
+
+    g = torch.Generator().manual_seed(0)
+    img, flow = torch.rand(1, 3, 8, 8, generator=g), torch.randn(1, 2, 8, 8, generator=g)
+    want = warp_reference_exact(img, flow)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = warp_reference_exact(img.bfloat16(), flow.bfloat16())
+    assert out.dtype == torch.float32
+    with export_islands():
+        half = warp_reference_exact(img.half(), flow.half())
+    assert half.dtype == torch.float16
+    assert (half.float() - want).abs().max() < 1e-2

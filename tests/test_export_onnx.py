@@ -25,6 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 from sschsr_deploy.engine import onnx as ex  # noqa: E402
 from sschsr_deploy.engine.trt_support import check_tensorrt_support  # noqa: E402
 from sschsr_deploy.ops import modulated_deform_conv2d, patch_match, spectral_attention  # noqa: E402
+from sschsr_deploy.ops._backend import export_islands_active  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = (128, 128)
@@ -239,12 +240,8 @@ def test_fp16_islands_leave_the_model_untouched(tiny_model):
         assert dtypes["hsi_encoder.pool1.weight"] == torch.float16
         assert dtypes["decoder.up_small_dyn_agg.weight"] == torch.float32  # deformable aggregation island
         assert dtypes["decoder.res1.body.0.attn.norm1.body.weight"] == torch.float32  # layer norm island
-        import sschsr_deploy.model.attention as attention
-
-        assert attention.spectral_attention is not spectral_attention  # rebound while the context lasts
-    import sschsr_deploy.model.attention as attention
-
-    assert attention.spectral_attention is spectral_attention
+        assert export_islands_active()  # the float32_island functions cast while the context lasts
+    assert not export_islands_active()
     assert {k: v.dtype for k, v in tiny_model.state_dict().items()} == before
 
 

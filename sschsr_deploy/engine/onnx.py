@@ -51,8 +51,10 @@ Precision is a property of the graph (TensorRT 11 builds strongly typed networks
      deformable convolution itself (offsets of tens of pixels would lose sub-pixel precision in float16).
 
   Everything else (all other convolutions, transposed convs, GELU/activations, pixel shuffle, pools, concatenations)
-  runs in float16. The islands are applied while tracing by module hooks and by temporarily rebinding the op entry
-  points of the model modules; nothing in the model changes permanently.
+  runs in float16. Islands 1, 5, 6 and the deformable convolution are the functions marked ``float32_island``
+  (:mod:`sschsr_deploy.ops._backend`: the same marker eager autocast follows), switched to export mode while tracing;
+  the module islands (norms, RAFT's correlation path, the deformable aggregations) are kept float32 by hooks on a
+  converted copy. Nothing in the model changes permanently.
 
 After every export :func:`export_onnx` runs ``onnx.checker`` (full check), ONNX shape inference and an ONNX Runtime
 parity run on a generated input against the PyTorch model (float32, reference ops), and raises
@@ -69,7 +71,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import importlib
 import os
 import time
 from collections import Counter
@@ -85,7 +86,7 @@ from torch import Tensor, nn
 from ..checkpoint import state_dict_sha256
 from ..errors import SSCHSRError
 from ..model import INPUT_NAMES, SSCHSR
-from ..ops._backend import forced_backends
+from ..ops._backend import _cast_floats, export_islands, forced_backends
 from ..weights import ModelMeta
 from .ops import CUSTOM_DOMAIN
 from .ops import REGISTRY as EXPORT_OPS
@@ -187,16 +188,6 @@ _TRACE_AS_OPS = {**{entry.torch_op: "op" for entry in EXPORT_OPS}, "gram_and_nor
 # ---------------------------------------------------------------------------------------------------------------------
 # fp16 islands
 
-def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, tuple):
-        return tuple(_cast_floats(o, dtype) for o in obj)
-    if isinstance(obj, list):
-        return [_cast_floats(o, dtype) for o in obj]
-    return obj
-
-
 def _island_module(module: nn.Module, low: torch.dtype, out_dtype: torch.dtype | None = None) -> list:
     """Keep ``module`` in float32: parameters fp32, float inputs cast up, float outputs cast to ``out_dtype``."""
     module.float()
@@ -206,34 +197,14 @@ def _island_module(module: nn.Module, low: torch.dtype, out_dtype: torch.dtype |
     return [h1, h2]
 
 
-def _island_fn(fn: Callable, out_like_arg: int | None = 0, cast_out: bool = True) -> Callable:
-    """Wrap an op entry point: float tensor args → fp32; outputs → dtype of argument ``out_like_arg``."""
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        target = args[out_like_arg].dtype if out_like_arg is not None else None
-        out = fn(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
-        return _cast_floats(out, target) if (cast_out and target is not None) else out
-
-    return wrapped
-
-
-# (module path, attribute, argument whose dtype the result takes or None to keep fp32)
-_ISLAND_FUNCTIONS = (
-    ("sschsr_deploy.model.attention", "spectral_attention", 0),
-    ("sschsr_deploy.model.correspondence", "patch_match", None),  # index int64, similarity stays fp32
-    ("sschsr_deploy.model.ssc_hsr", "warp_reference_official", 0),
-    ("sschsr_deploy.model.ssc_hsr", "warp_reference_exact", 0),
-    ("sschsr_deploy.model.decoder", "flow_warp_features", 0),
-)
-
-
 @contextlib.contextmanager
 def fp16_islands(model: SSCHSR | nn.Module, dtype: torch.dtype = torch.float16) -> Iterator[nn.Module]:
     """A float16 copy of ``model`` with the float32 islands listed in the module docstring, while the context lasts.
 
-    Yields the converted copy (``model`` itself is untouched). The model modules' op entry points are rebound for
-    the duration of the context, so trace inside it.
+    Yields the converted copy (``model`` itself is untouched); trace inside the context. Two parts, one policy: the
+    functions marked ``float32_island`` (the three operators, the warps) follow :func:`~sschsr_deploy.ops._backend.
+    export_islands`, the same marker eager autocast follows; the module islands (norms, RAFT's correlation path, the
+    deformable aggregations) are kept float32 here by hooks.
     """
     from ..model.attention import ChannelLayerNorm
     from ..model.decoder import DeformableAggregation
@@ -253,17 +224,10 @@ def fp16_islands(model: SSCHSR | nn.Module, dtype: torch.dtype = torch.float16) 
             hooks.append(ub.register_forward_pre_hook(lambda _m, a: _cast_floats(a, dtype)))
             hooks.append(ub.register_forward_hook(lambda _m, a, out: (out[0], out[1].float())))
             hooks.append(ub.mask.register_forward_hook(lambda _m, a, out: out.float()))
-    saved = []
     try:
-        for mod_name, attr, like in _ISLAND_FUNCTIONS:
-            module = importlib.import_module(mod_name)
-            original = getattr(module, attr)
-            saved.append((module, attr, original))
-            setattr(module, attr, _island_fn(original, like, cast_out=like is not None))
-        yield m
+        with export_islands():  # the op entry points and warps marked float32_island (ops/_backend.py)
+            yield m
     finally:
-        for module, attr, original in saved:
-            setattr(module, attr, original)
         for h in hooks:
             h.remove()
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops._backend import float32_island
+
 
 def _pixel_grid(flow: Tensor) -> tuple[Tensor, Tensor]:
     """Absolute sample positions x + u, y + v for a (B, 2, H, W) flow in (x, y) order."""
@@ -15,6 +17,7 @@ def _pixel_grid(flow: Tensor) -> tuple[Tensor, Tensor]:
     return xs + flow[:, 0], ys + flow[:, 1]
 
 
+@float32_island  # sampling grids and bilinear weights in float32 (autocast, fp16 export)
 def warp_reference_official(img: Tensor, flow: Tensor) -> Tensor:
     """Backward-warp ``img`` by ``flow`` (B, 2, H, W, (x, y), HR pixels) exactly as the official code does.
 
@@ -28,6 +31,7 @@ def warp_reference_official(img: Tensor, flow: Tensor) -> Tensor:
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@float32_island  # sampling grids and bilinear weights in float32 (autocast, fp16 export)
 def warp_reference_exact(img: Tensor, flow: Tensor) -> Tensor:
     """Backward warp without the official quirk: reads pixel (x+u, y+v), border padding. For non-official models."""
     _, _, h, w = img.shape
@@ -36,6 +40,7 @@ def warp_reference_exact(img: Tensor, flow: Tensor) -> Tensor:
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+@float32_island  # sampling grids and bilinear weights in float32 (autocast, fp16 export)
 def flow_warp_features(feat: Tensor, flow_bhw2: Tensor) -> Tensor:
     """Decoder feature warp (spec §3.8.1): bilinear, zero padding, align_corners=True, flow (B, h, w, 2) in (x, y)."""
     _, _, h, w = feat.shape

@@ -74,7 +74,7 @@ def _fake(feat, ref_feat, patch_size):
 define_op("patch_match", SCHEMA, patch_match_reference, _fake)
 
 
-@float32_island
+@float32_island(out_like=None)  # index int64; the similarity stays float32
 def patch_match(feat: Tensor, ref_feat: Tensor, patch_size: int = 3) -> tuple[Tensor, Tensor]:
     """Patch matching as the model calls it (``SSCHSR_PATCH_MATCH_BACKEND`` overrides the automatic choice).
 

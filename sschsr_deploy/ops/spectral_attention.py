@@ -104,7 +104,7 @@ def spectral_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Tensor, hea
     return spectral_attention_reference(q, k, v, temperature, heads)
 
 
-@float32_island
+@float32_island(out_like=None)  # fp32 statistics
 def gram_and_norms(q: Tensor, k: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """Partial attention statistics of one tile (see ``gram_and_norms_reference``), fastest backend."""
     backend = choose(ENV_VAR, "gram_and_norms", q.device, _needs_grad(q, k))
