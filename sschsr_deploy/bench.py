@@ -8,9 +8,14 @@ ratios, and each output is compared with the baseline's (a backend that is fast 
 shows up there).
 
 Backends (``--backend``, repeatable): ``torch`` (``--model``: a shipped name or a weights file), ``torch:MODEL``,
+``torch-compile`` / ``torch-compile:MODEL`` (the same model through ``torch.compile``:
+``create_backend("torch", model, compile=True)``; compiling happens in the first warm-up call, whose time the report
+gives as ``compile_seconds``, and a compile failure is reported in that backend's row, ``error``, not raised),
 ``onnxruntime:FILE.onnx``, ``tensorrt:FILE.engine``, or a bare ``FILE.onnx`` / ``FILE.engine``. Each is created,
-timed and released in turn. Timing: ``--warmup`` untimed calls, then ``--iters`` timed ones, each ended by a CUDA
-synchronisation on a GPU. Peak memory: the process's peak resident set (RSS, reset per backend where Linux allows)
+timed and released in turn. :func:`run_benchmark` is also the timing of ``benchmarks/bench_backends.py`` (which
+passes its own models and devices through :class:`BackendSpec`, and ``keep_going=True``). Timing: ``--warmup``
+untimed calls, then ``--iters`` timed ones, each ended by a CUDA synchronisation on a GPU.
+Peak memory: the process's peak resident set (RSS, reset per backend where Linux allows)
 on the CPU; ``torch.cuda.max_memory_allocated`` on CUDA (what torch allocates: ONNX Runtime's and TensorRT's own
 allocations are not in it).
 """
@@ -26,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +40,24 @@ import torch
 
 from sschsr_deploy.errors import InputValidationError
 
-__all__ = ["BackendSpec", "add_arguments", "bench_from_args", "latency_stats", "parse_backend", "run_benchmark",
-           "summary_lines"]
+__all__ = ["COMPILE_BACKEND", "BackendSpec", "add_arguments", "bench_from_args", "latency_stats", "parse_backend",
+           "run_benchmark", "summary_lines"]
 
 DEFAULT_MODEL = "tiny-x4"
 DEFAULT_TILE = 128  # cheap defaults: a few seconds per backend for the tiny preset on 2 CPU cores
 DEFAULT_ITERS = 10
 DEFAULT_WARMUP = 2
+#: The ``--backend`` name of the torch backend through ``torch.compile``.
+COMPILE_BACKEND = "torch-compile"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``sschsr-deploy bench`` options."""
     p.add_argument("--backend", action="append", metavar="SPEC",
-                   help="torch, torch:MODEL, onnxruntime:FILE.onnx, tensorrt:FILE.engine or a bare .onnx / .engine "
-                        "path; repeat to compare (the first is the baseline; default: torch)")
+                   help="torch, torch:MODEL, torch-compile (torch.compile of the same model; slow to compile on a "
+                        "CPU, a compile failure is reported in its row), torch-compile:MODEL, onnxruntime:FILE.onnx, "
+                        "tensorrt:FILE.engine or a bare .onnx / .engine path; repeat to compare (the first is the "
+                        "baseline; default: torch)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"weights of the torch backend: a shipped name or a weights file (default {DEFAULT_MODEL})")
     p.add_argument("--tile", nargs="+", type=int, metavar="PX", default=[DEFAULT_TILE],
@@ -68,11 +77,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """One ``--backend``: its label (as given), backend name and source (weights for torch, a file for the others)."""
+    """One ``--backend``: its label (as given), backend name and source (weights for torch, a file for the others).
+
+    ``compile``: the torch backend through ``torch.compile``. ``device``: this backend's device instead of the run's
+    (``benchmarks/bench_backends.py``: ONNX Runtime on the CPU in a CUDA run). ``model``: a ready torch ``nn.Module``
+    to run instead of loading ``source`` (the benchmark script's preset-built model).
+    """
 
     label: str
     name: str
     source: str | None
+    compile: bool = False
+    device: str | None = None
+    model: Any = field(default=None, compare=False, repr=False)
 
 
 def parse_backend(text: str, model: str = DEFAULT_MODEL) -> BackendSpec:
@@ -80,16 +97,16 @@ def parse_backend(text: str, model: str = DEFAULT_MODEL) -> BackendSpec:
     from sschsr_deploy.runtime.backends import BACKENDS, ENGINE_SUFFIXES, backend_for_path
 
     name, _, source = text.partition(":")
-    if name.lower() not in BACKENDS:
+    if name.lower() not in BACKENDS and name.lower() != COMPILE_BACKEND:
         if Path(text).suffix.lower() not in ENGINE_SUFFIXES:
             raise InputValidationError(
-                f"--backend {text}: expected torch, torch:MODEL, onnxruntime:FILE.onnx, tensorrt:FILE.engine or a "
-                f"path ending in {', '.join(ENGINE_SUFFIXES)}"
+                f"--backend {text}: expected torch, torch:MODEL, {COMPILE_BACKEND}, {COMPILE_BACKEND}:MODEL, "
+                f"onnxruntime:FILE.onnx, tensorrt:FILE.engine or a path ending in {', '.join(ENGINE_SUFFIXES)}"
             )
         name, source = backend_for_path(text), text
     name = name.lower()
-    if name == "torch":
-        return BackendSpec(text, name, source or model)
+    if name in ("torch", COMPILE_BACKEND):
+        return BackendSpec(text, "torch", source or model, compile=name == COMPILE_BACKEND)
     if not source:
         hint = "FILE.onnx (sschsr-deploy export --tile 128 --out FILE.onnx)" if name == "onnxruntime" else \
             "FILE.engine (sschsr-deploy build-engine FILE.onnx --out FILE.engine)"
@@ -176,14 +193,19 @@ def _create(spec: BackendSpec, device: str, threads: int | None, raft_iters: int
     from sschsr_deploy.runtime.backends import create_backend
 
     if spec.name == "torch":
-        from sschsr_deploy.weights import load_model
+        if spec.model is not None:
+            model, info = spec.model, {"weights": spec.source, "preset": None}
+        else:
+            from sschsr_deploy.weights import load_model
 
-        model, info = load_model(spec.source)
+            model, info = load_model(spec.source)
         if raft_iters is not None:  # as export_onnx unrolls them
             model.flownet.cfg = dataclasses.replace(model.flownet.cfg, iters=int(raft_iters))
             model.config = dataclasses.replace(model.config, raft=model.flownet.cfg)
-        backend = create_backend("torch", model, device)
-        return backend, int(model.flownet.cfg.iters), {"weights": info["weights"], "preset": info["preset"]}
+        options = {"compile": True} if spec.compile else {}
+        backend = create_backend("torch", model, device, **options)
+        about = {"weights": info["weights"], "preset": info["preset"], "compiled": spec.compile}
+        return backend, int(model.flownet.cfg.iters), about
     options = {"threads": threads} if spec.name == "onnxruntime" and threads else {}
     backend = create_backend(spec.name, spec.source, device, **options)
     meta = dict(getattr(getattr(backend, "spec", None), "metadata", {}) or {})
@@ -220,8 +242,13 @@ def run_benchmark(
     raft_iters: int | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    keep_going: bool = False,
 ) -> dict[str, Any]:
-    """Time each backend's ``run`` on the same generated input; returns the report (see the module docstring)."""
+    """Time each backend's ``run`` on the same generated input; returns the report (see the module docstring).
+
+    A backend that fails is reported in its row (``error``, no timings) instead of raised when it is a torch-compile
+    one (other than for bad input) or with ``keep_going``; the first backend that ran is the baseline of the ratios.
+    """
     from sschsr_deploy.engine.onnx import example_inputs
     from sschsr_deploy.model.presets import MIN_SIZE, SIZE_MULTIPLE
 
@@ -239,7 +266,6 @@ def run_benchmark(
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     dev = torch.device(device)
-    sync = _sync(dev)
     inputs: tuple[torch.Tensor, ...] | None = None
     bands = None
     baseline_out: np.ndarray | None = None
@@ -247,22 +273,38 @@ def run_benchmark(
     for spec in specs:
         if progress:
             progress(f"{spec.label}: {warmup} warm-up + {iters} timed call(s)")
-        backend, spec_iters, about = _create(spec, device, threads, raft_iters)
-        _check_fits(spec, backend, tile, bands)
-        if inputs is None:
-            bands = backend.bands
-            inputs = example_inputs(bands, batch, tile, seed)
-        xs = tuple(x.to(backend.device) for x in inputs)
-        times: list[float] = []
-        with _peak_memory(backend.device) as memory:
-            for _ in range(warmup):
-                backend.run(*xs)
-            sync()
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                out = backend.run(*xs)
-                sync()
-                times.append(time.perf_counter() - t0)
+        backend = xs = out = None
+        try:
+            backend, spec_iters, about = _create(spec, spec.device or device, threads, raft_iters)
+            _check_fits(spec, backend, tile, bands)
+            if inputs is None:
+                bands = backend.bands
+                inputs = example_inputs(bands, batch, tile, seed)
+            xs = tuple(x.to(backend.device) for x in inputs)
+            sync = _sync(backend.device)
+            times: list[float] = []
+            first_call_s = None
+            with _peak_memory(backend.device) as memory:
+                for i in range(warmup + iters):
+                    t0 = time.perf_counter()
+                    out = backend.run(*xs)
+                    sync()
+                    elapsed = time.perf_counter() - t0
+                    if i == 0:
+                        first_call_s = elapsed  # torch-compile: compiling happens here
+                    if i >= warmup:
+                        times.append(elapsed)
+        except Exception as exc:  # torch-compile (or keep_going): reported in the row, not raised
+            if not (keep_going or (spec.compile and not isinstance(exc, InputValidationError))):
+                raise
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            rows.append({"label": spec.label, "backend": spec.name, "device": str(spec.device or device),
+                         "compiled": spec.compile, "error": error})
+            if progress:
+                progress(f"{spec.label}: failed ({error[:160]})")
+            del backend, xs, out
+            gc.collect()
+            continue
         got = out.detach().float().cpu().numpy().astype(np.float64)
         total = sum(times)
         tiles_per_s = batch * iters / total if total > 0 else float("inf")
@@ -272,13 +314,16 @@ def run_benchmark(
             "throughput": {"tiles_per_s": tiles_per_s, "hr_mpix_per_s": tiles_per_s * tile[0] * tile[1] / 1e6},
             "peak_memory_mib": round(memory["peak_mib"], 1), "peak_memory_kind": memory["kind"],
             "memory_before_mib": round(memory["before_mib"], 1) if "before_mib" in memory else None,
+            "first_call_seconds": first_call_s,
         }
+        if spec.compile:
+            row["compile_seconds"] = first_call_s  # compiling plus one call, as the first call does both
         if hasattr(backend, "providers"):
             row["providers"] = list(backend.providers)
         if baseline_out is None:
             baseline_out = got
         else:
-            first = rows[0]
+            first = next(r for r in rows if "error" not in r)
             diff = got - baseline_out
             row["vs_first"] = {
                 "latency_p50_ratio": row["latency_ms"]["p50"] / first["latency_ms"]["p50"],
@@ -290,12 +335,12 @@ def run_benchmark(
         rows.append(row)
         del backend, xs, out
         gc.collect()
-    iter_counts = {r["raft_iters"] for r in rows if r["raft_iters"] is not None}
+    iter_counts = {r["raft_iters"] for r in rows if r.get("raft_iters") is not None}
     report: dict[str, Any] = {
         "benchmark": "backends, per tile (Backend.run)",
         "config": {"tile": list(tile), "batch": batch, "iters": iters, "warmup": warmup, "device": str(dev),
                    "threads": threads, "seed": seed, "input": "engine.onnx.example_inputs"},
-        "baseline": rows[0]["label"],
+        "baseline": next((r["label"] for r in rows if "error" not in r), None),
         "backends": rows,
         "environment": _environment(dev),
     }
@@ -343,10 +388,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"{'backend':<{width}}  {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9}  {'tiles/s':>8} {'MPix/s':>7}  "
              f"{'peak MiB':>8}  vs first"]
     for r in report["backends"]:
+        if "error" in r:
+            lines.append(f"{r['label']:<{width}}  failed: {r['error'][:200]}")
+            continue
         lat, thr = r["latency_ms"], r["throughput"]
         vs = r.get("vs_first")
         ratio = "baseline" if vs is None else \
             f"speed-up {vs['speedup_p50']:.2f}x, output rel. diff {vs['output_rel_l2']:.1e}"
+        if r.get("compile_seconds") is not None:
+            ratio += f" (compiled in {r['compile_seconds']:.0f} s)"
         lines.append(f"{r['label']:<{width}}  {lat['p50']:9.1f} {lat['p90']:9.1f} {lat['p99']:9.1f}  "
                      f"{thr['tiles_per_s']:8.2f} {thr['hr_mpix_per_s']:7.3f}  {r['peak_memory_mib']:8.0f}  {ratio}")
     if "warning" in report:

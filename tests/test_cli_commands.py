@@ -155,6 +155,7 @@ def test_bench_refuses_what_cannot_run(exported, capsys):
     cases = [
         (["--backend", "onnxruntime"], "--backend onnxruntime:FILE.onnx"),
         (["--backend", "bogus"], "expected torch, torch:MODEL"),
+        (["--backend", "torch-compile:nope.safetensors"], "nope.safetensors"),  # bad weights: refused, not recorded
         (["--backend", str(onnx_path), "--tile", "256"], "use --tile 128"),
         (["--tile", "100"], "multiples of 8"),
         (["--iters", "0"], "--iters must be at least 1"),
@@ -162,6 +163,57 @@ def test_bench_refuses_what_cannot_run(exported, capsys):
     for argv, expected in cases:
         assert main(["bench", *argv]) == 2, argv
         assert expected in _one_error_line(capsys), argv
+
+
+def test_parse_backend_torch_compile():
+    from sschsr_deploy.bench import parse_backend
+
+    assert parse_backend("torch").compile is False
+    spec = parse_backend("torch-compile")
+    assert (spec.label, spec.name, spec.source, spec.compile) == ("torch-compile", "torch", "tiny-x4", True)
+    spec = parse_backend("Torch-Compile:tiny-x8", model="ignored")
+    assert (spec.name, spec.source, spec.compile) == ("torch", "tiny-x8", True)
+
+
+def test_bench_torch_compile_backend(capsys, monkeypatch):
+    """``--backend torch-compile`` is ``create_backend("torch", model, compile=True)``; a compile failure is reported in
+    its row, not raised. ``torch.compile`` is stood in for: compiling for real takes minutes on these CPUs."""
+    import torch
+
+    calls = []
+
+    def fake_compile(module, **kwargs):
+        calls.append(kwargs)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    rc = main(["bench", "--backend", "torch", "--backend", "torch-compile", "--tile", "128", "--iters", "1",
+               "--warmup", "0", "--raft-iters", "1", "--threads", "2"])
+    assert rc == 0 and calls == [{"dynamic": False}]  # compiled once: the torch-compile backend only
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    eager, compiled = report["backends"]
+    assert (eager["label"], compiled["label"]) == ("torch", "torch-compile") and report["baseline"] == "torch"
+    assert eager["compiled"] is False and "compile_seconds" not in eager
+    assert compiled["backend"] == "torch" and compiled["compiled"] is True
+    assert compiled["compile_seconds"] == compiled["first_call_seconds"] > 0
+    assert compiled["vs_first"]["output_rel_l2"] < 1e-6  # the same module on the same input
+    assert "compiled in" in captured.err
+
+    def failing_compile(module, **kwargs):
+        def run(*args):
+            raise RuntimeError("backend='inductor' raised: CppCompileError: no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    assert main(["bench", "--backend", "torch-compile", "--tile", "128", "--iters", "1", "--warmup", "1",
+                 "--raft-iters", "1"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    (row,) = report["backends"]
+    assert row["label"] == "torch-compile" and row["compiled"] is True and "latency_ms" not in row
+    assert row["error"].startswith("RuntimeError: backend='inductor' raised") and report["baseline"] is None
+    assert "torch-compile  failed: RuntimeError" in captured.err
 
 
 def test_latency_stats_percentiles():
