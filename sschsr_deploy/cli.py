@@ -245,7 +245,7 @@ def _load_infer_model(args: argparse.Namespace):
     """``infer``'s model: --weights (a shipped name or a file, its metadata checked against --preset / --scale /
     --bands / --bn-mode), the shipped weights for --preset tiny, or an untrained network on request."""
     from sschsr_deploy.errors import InputValidationError
-    from sschsr_deploy.runtime import load_model
+    from sschsr_deploy.weights import load_model, shipped_name
 
     fields = dict(scale=args.scale, bands=args.bands, rgb_bands=args.rgb_bands, batchnorm_mode=args.bn_mode)
     if args.weights is not None:
@@ -260,7 +260,7 @@ def _load_infer_model(args: argparse.Namespace):
             "bundled): pass --weights, use --preset tiny (or --weights tiny-x4) for the shipped small model, or "
             "--allow-random-weights for a plumbing test"
         )
-    name = f"tiny-x{args.scale or 4}"
+    name = shipped_name("tiny", args.scale)
     log.info("using the shipped weights %s", name)
     return load_model(name, **{k: v for k, v in fields.items() if k != "scale"})
 

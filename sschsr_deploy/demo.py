@@ -79,7 +79,7 @@ def _model(random_weights: bool, weights: str | None, scale: int, seed: int):
     """The demo's model, its info and the note that goes into metrics.json."""
     import logging
 
-    from sschsr_deploy.weights import load_model
+    from sschsr_deploy.weights import load_model, shipped_name
 
     if random_weights:
         note = (f"random weights (seed {seed}): the 'model' numbers measure the plumbing, not super-resolution "
@@ -88,7 +88,7 @@ def _model(random_weights: bool, weights: str | None, scale: int, seed: int):
     if weights:
         return (*load_model("tiny", weights, scale=scale), f"user weights {weights}")
     try:
-        model, info = load_model(f"tiny-x{scale}")
+        model, info = load_model(shipped_name("tiny", scale))
     except InputValidationError as exc:
         logging.getLogger(__name__).warning("%s; running with random weights", exc)
         return (*load_model("tiny", random_weights=True, seed=seed, scale=scale), f"random weights: {exc}")

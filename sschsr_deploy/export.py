@@ -84,7 +84,7 @@ class ModelSource:
 def choose_weights(preset: str | None, weights: str | None, scale: int | None = None,
                    bands: int | None = None) -> ModelSource:
     """Resolve ``--preset`` / ``--weights`` to a preset and a weights file, as ``load_model`` reads names."""
-    from sschsr_deploy.weights import SHIPPED_NAMES, resolve_shipped
+    from sschsr_deploy.weights import SHIPPED_NAMES, resolve_shipped, shipped_name
 
     if weights is not None:
         if weights in SHIPPED_NAMES:
@@ -101,7 +101,7 @@ def choose_weights(preset: str | None, weights: str | None, scale: int | None = 
 
     preset = preset or "tiny"
     if preset == "tiny" and bands in (None, get_preset("tiny").bands):  # the shipped weights' band count
-        path = resolve_shipped(f"tiny-x{scale or 4}")
+        path = resolve_shipped(shipped_name("tiny", scale))
         return ModelSource(preset, path, f"no --weights: exporting the shipped tiny weights {path.name}")
     why = "no weights ship for the official preset" if preset != "tiny" else f"no weights ship for {bands} bands"
     return ModelSource(preset, None, f"no --weights given ({why}): exporting RANDOM weights (fine for testing the "

@@ -26,13 +26,24 @@ import torch
 from torch import nn
 
 from .errors import InputValidationError
+from .pretrained import SHIPPED
 
-__all__ = ["SHIPPED_NAMES", "ModelMeta", "load_model", "resolve_shipped"]
+__all__ = ["SHIPPED_NAMES", "ModelMeta", "load_model", "resolve_shipped", "shipped_name"]
 
 log = logging.getLogger(__name__)
 
-#: Shipped model names -> (preset, scale); the files are listed in :data:`sschsr_deploy.pretrained.SHIPPED`.
-SHIPPED_NAMES: dict[str, tuple[str, int]] = {"tiny-x4": ("tiny", 4), "tiny-x8": ("tiny", 8)}
+def shipped_name(preset: str = "tiny", scale: int | None = None) -> str:
+    """The name of ``preset``'s shipped weights at ``scale`` (default: the preset's own scale), e.g. ``"tiny-x4"``;
+    whether such weights ship is checked where the name is loaded (:func:`resolve_shipped`)."""
+    if scale is None:
+        from .model.presets import get_preset
+
+        scale = get_preset(preset).scale
+    return f"{preset}-x{int(scale)}"
+
+
+#: Shipped model names -> (preset, scale), from the files listed in :data:`sschsr_deploy.pretrained.SHIPPED`.
+SHIPPED_NAMES: dict[str, tuple[str, int]] = {shipped_name(p, s): (p, s) for p, s in SHIPPED}
 BATCHNORM_MODES = ("running", "batch")
 
 
