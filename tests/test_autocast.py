@@ -77,7 +77,7 @@ def test_one_island_marker_for_autocast_and_the_fp16_export():
     """The same float32_island marker decides both: under autocast the warp runs float32 (result float32); in export
     mode (a float16 model traced inside export_islands) it computes in float32 and returns the input's float16."""
     from sschsr_deploy.model.warp import warp_reference_exact
-    from sschsr_deploy.ops._backend import export_islands
+    from sschsr_deploy.precision import export_islands
 
     g = torch.Generator().manual_seed(0)
     img, flow = torch.rand(1, 3, 8, 8, generator=g), torch.randn(1, 2, 8, 8, generator=g)
@@ -89,3 +89,66 @@ def test_one_island_marker_for_autocast_and_the_fp16_export():
         half = warp_reference_exact(img.half(), flow.half())
     assert half.dtype == torch.float16
     assert (half.float() - want).abs().max() < 1e-2
+
+
+def _conv_output_dtypes(model: torch.nn.Module) -> tuple[dict, list, list]:
+    """Hooks recording every convolution's output dtype and the dtypes of the arguments RAFT's update block gets."""
+    seen: dict[str, torch.dtype] = {}
+    update_args: list[torch.dtype] = []
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            hooks.append(mod.register_forward_hook(lambda m, a, out, name=name: seen.update({name: out.dtype})))
+    hooks.append(model.flownet.update_block.register_forward_pre_hook(
+        lambda m, a: update_args.extend(t.dtype for t in a)))
+    return seen, update_args, hooks
+
+
+def test_autocast_and_the_export_follow_the_same_marks():
+    """One policy: every convolution computes in the same precision under eager autocast as in the export-mode copy
+    (float32 in the islands, e.g. the deformable aggregations' offset convolutions; the
+    low dtype elsewhere), and RAFT's correlation reaches the update block in float32 in both modes."""
+    from sschsr_deploy.precision import convert_for_export, export_islands
+
+    torch.manual_seed(0)
+    model = SSCHSR.from_preset("tiny").eval()
+    g = torch.Generator().manual_seed(2)
+    rgb = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(128, 128), mode="bicubic")
+    rgb = rgb.clamp(0, 1)
+    hsi = torch.rand(1, 31, 128, 128, generator=g)
+    inputs = (hsi, rgb, torch.roll(rgb, 1, dims=2), rgb * 255, torch.roll(rgb, 1, dims=2) * 255)
+
+    eager, eager_update, hooks = _conv_output_dtypes(model)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(*inputs)
+    for h in hooks:
+        h.remove()
+
+    low = convert_for_export(model, torch.bfloat16)
+    exported, export_update, _ = _conv_output_dtypes(low)
+    with torch.inference_mode(), export_islands(torch.bfloat16):
+        out = low(*(x.bfloat16() for x in inputs[:3]), *inputs[3:])
+
+    assert torch.isfinite(out.float()).all()
+    assert eager and eager == exported
+    assert set(eager.values()) == {torch.float32, torch.bfloat16}  # both kinds present, so the test can fail
+    assert eager["decoder.up_small_dyn_agg.conv_offset_mask"] == torch.float32
+    assert eager["flownet.fnet.conv1"] == torch.bfloat16
+    # (net, inp, corr, flow): the update block's arguments come from the float32 island in both modes
+    assert set(eager_update) == set(export_update) == {torch.float32}
+
+
+def test_convert_for_export_follows_the_marks():
+    from sschsr_deploy.precision import convert_for_export
+
+    model = SSCHSR.from_preset("tiny")
+    model.flownet.cnet.norm1.running_mean.add_(1.0)  # a buffer that must survive the round trip exactly
+    low = convert_for_export(model, torch.float16)
+    dt = {k: v.dtype for k, v in low.state_dict().items()}
+    assert dt["hsi_encoder.pool1.weight"] == torch.float16  # unmarked: the low dtype
+    assert dt["decoder.up_small_dyn_agg.weight"] == torch.float32  # float32_module
+    assert dt["flownet.fnet.conv1.weight"] == torch.float16  # reduced_precision_module inside the RAFT island
+    assert dt["flownet.update_block.mask.2.weight"] == torch.float16
+    assert dt["flownet.cnet.norm1.running_mean"] == torch.float32  # a norm island inside a reduced region
+    assert torch.equal(low.flownet.cnet.norm1.running_mean, model.flownet.cnet.norm1.running_mean)
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())

@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 from sschsr_deploy.engine import onnx as ex  # noqa: E402
 from sschsr_deploy.engine.trt_support import check_tensorrt_support  # noqa: E402
 from sschsr_deploy.ops import modulated_deform_conv2d, patch_match, spectral_attention  # noqa: E402
-from sschsr_deploy.ops._backend import export_islands_active  # noqa: E402
+from sschsr_deploy.precision import export_islands_active  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = (128, 128)

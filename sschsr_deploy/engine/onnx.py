@@ -43,7 +43,7 @@ Precision is a property of the graph (TensorRT 11 builds strongly typed networks
   3. RAFT's instance norms (feature encoder) and batch norms (context encoder);
   4. RAFT's correlation: the all-pairs correlation volume, its average-pooled pyramid, the windowed bilinear lookups,
      the coordinate/flow accumulation over the iterations and the convex-upsampling softmax and combination
-     (the feature-encoder output is cast up; the update block's inputs are cast down and its flow increment up);
+     (the two encoders and the update block run in float16 inside it: inputs cast down, outputs cast up);
   5. patch matching: per-pixel normalisation, patch norms, scores, arg-max and similarity;
   6. the bilinear warps: the reference warp by the RAFT flow and the decoder's feature warps by the patch-match flow
      (sampling grids and sampling);
@@ -51,10 +51,9 @@ Precision is a property of the graph (TensorRT 11 builds strongly typed networks
      deformable convolution itself (offsets of tens of pixels would lose sub-pixel precision in float16).
 
   Everything else (all other convolutions, transposed convs, GELU/activations, pixel shuffle, pools, concatenations)
-  runs in float16. Islands 1, 5, 6 and the deformable convolution are the functions marked ``float32_island``
-  (:mod:`sschsr_deploy.ops._backend`: the same marker eager autocast follows), switched to export mode while tracing;
-  the module islands (norms, RAFT's correlation path, the deformable aggregations) are kept float32 by hooks on a
-  converted copy. Nothing in the model changes permanently.
+  runs in float16. The islands are marked where they are written (:mod:`sschsr_deploy.precision`: functions marked
+  ``float32_island``, module classes marked ``float32_module`` / ``reduced_precision_module``), the same marks eager
+  autocast follows; the export traces a converted copy in export mode. Nothing in the model changes permanently.
 
 After every export :func:`export_onnx` runs ``onnx.checker`` (full check), ONNX shape inference and an ONNX Runtime
 parity run on a generated input against the PyTorch model (float32, reference ops), and raises
@@ -86,7 +85,8 @@ from torch import Tensor, nn
 from ..checkpoint import state_dict_sha256
 from ..errors import SSCHSRError
 from ..model import INPUT_NAMES, SSCHSR
-from ..ops._backend import _cast_floats, export_islands, forced_backends
+from ..ops._backend import forced_backends
+from ..precision import convert_for_export, export_islands
 from ..weights import ModelMeta
 from .ops import CUSTOM_DOMAIN
 from .ops import REGISTRY as EXPORT_OPS
@@ -188,48 +188,16 @@ _TRACE_AS_OPS = {**{entry.torch_op: "op" for entry in EXPORT_OPS}, "gram_and_nor
 # ---------------------------------------------------------------------------------------------------------------------
 # fp16 islands
 
-def _island_module(module: nn.Module, low: torch.dtype, out_dtype: torch.dtype | None = None) -> list:
-    """Keep ``module`` in float32: parameters fp32, float inputs cast up, float outputs cast to ``out_dtype``."""
-    module.float()
-    out_dtype = low if out_dtype is None else out_dtype
-    h1 = module.register_forward_pre_hook(lambda m, args: _cast_floats(args, torch.float32))
-    h2 = module.register_forward_hook(lambda m, args, out: _cast_floats(out, out_dtype))
-    return [h1, h2]
-
-
 @contextlib.contextmanager
 def fp16_islands(model: SSCHSR | nn.Module, dtype: torch.dtype = torch.float16) -> Iterator[nn.Module]:
-    """A float16 copy of ``model`` with the float32 islands listed in the module docstring, while the context lasts.
+    """A ``dtype`` copy of ``model`` with the float32 islands listed in the module docstring, while the context lasts.
 
-    Yields the converted copy (``model`` itself is untouched); trace inside the context. Two parts, one policy: the
-    functions marked ``float32_island`` (the three operators, the warps) follow :func:`~sschsr_deploy.ops._backend.
-    export_islands`, the same marker eager autocast follows; the module islands (norms, RAFT's correlation path, the
-    deformable aggregations) are kept float32 here by hooks.
+    Yields the converted copy (``model`` itself is untouched); trace inside the context. The islands are the marks of
+    :mod:`sschsr_deploy.precision` (the same marks eager autocast follows): the copy's parameters follow them
+    (:func:`~sschsr_deploy.precision.convert_for_export`) and the context switches the marks to export mode.
     """
-    from ..model.attention import ChannelLayerNorm
-    from ..model.decoder import DeformableAggregation
-    from ..model.raft import RAFT, ContextBatchNorm
-
-    m = copy.deepcopy(model).to(dtype)
-    hooks: list = []
-    for mod in m.modules():
-        if isinstance(mod, ChannelLayerNorm | nn.InstanceNorm2d | ContextBatchNorm | DeformableAggregation):
-            hooks += _island_module(mod, dtype)
-        elif isinstance(mod, RAFT):
-            # features in fp16 convs, correlation / lookup / coordinates in fp32
-            hooks.append(mod.fnet.register_forward_pre_hook(lambda _m, a: _cast_floats(a, dtype)))
-            hooks.append(mod.fnet.register_forward_hook(lambda _m, a, out: out.float()))
-            hooks.append(mod.cnet.register_forward_pre_hook(lambda _m, a: _cast_floats(a, dtype)))
-            ub = mod.update_block
-            hooks.append(ub.register_forward_pre_hook(lambda _m, a: _cast_floats(a, dtype)))
-            hooks.append(ub.register_forward_hook(lambda _m, a, out: (out[0], out[1].float())))
-            hooks.append(ub.mask.register_forward_hook(lambda _m, a, out: out.float()))
-    try:
-        with export_islands():  # the op entry points and warps marked float32_island (ops/_backend.py)
-            yield m
-    finally:
-        for h in hooks:
-            h.remove()
+    with export_islands(dtype):
+        yield convert_for_export(model, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import spectral_attention
+from ..precision import float32_module
 
 LN_EPS = 1e-5
 FFN_EXPANSION = 2.66
@@ -24,6 +25,7 @@ class _LayerNormBody(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
 
+@float32_module
 class ChannelLayerNorm(nn.Module):
     """Per-pixel LayerNorm over the channels of an NCHW tensor, biased variance, eps 1e-5 ("WithBias" type)."""
 

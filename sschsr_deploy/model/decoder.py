@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import modulated_deform_conv2d
+from ..precision import float32_module
 from .attention import SpectralAttentionStage
 from .correspondence import Correspondence
 from .warp import flow_warp_features
@@ -22,6 +23,7 @@ DECODER_SLOPE = 0.1
 RESIDUAL_OFFSET_BOUND = 10.0
 
 
+@float32_module  # offsets of tens of pixels keep their sub-pixel precision
 class DeformableAggregation(nn.Module):
     """Official ``DCN_sep_pre_multi_offset_flow_similarity``: 3×3 modulated deformable conv with 8 offset groups.
 
@@ -55,7 +57,7 @@ class DeformableAggregation(nn.Module):
 
     def forward(self, feat: Tensor, offset_feat: Tensor, pre_offset: Tensor, similarity: Tensor,
                 trace: dict | None = None, tag: str = "") -> Tensor:
-        """``trace`` (keyword, so the fp16 export's argument-casting hooks leave it alone) receives the predictor's
+        """``trace`` (keyword; a dict, which the float32 island's casts leave alone) receives the predictor's
         output ``decoder.T<tag>`` and the offsets the convolution used ``decoder.offset<tag>`` (the training's offset
         loss reads them there)."""
         t = self.conv_offset_mask(offset_feat)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import float32_module, reduced_precision_module
+
 
 @dataclass(frozen=True)
 class RAFTConfig:
@@ -33,6 +35,7 @@ class RAFTConfig:
     iters: int = 12
 
 
+@float32_module
 class ContextBatchNorm(nn.BatchNorm2d):
     """BatchNorm of the context encoder with a switch for the official test behaviour.
 
@@ -49,9 +52,14 @@ class ContextBatchNorm(nn.BatchNorm2d):
         return super().forward(x)
 
 
+@float32_module
+class InstanceNorm(nn.InstanceNorm2d):
+    """The feature encoder's instance norm (no affine parameters), a float32 island like every norm."""
+
+
 def _make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm2d(channels)
+        return InstanceNorm(channels)
     return ContextBatchNorm(channels)
 
 
@@ -80,6 +88,7 @@ class ResidualBlock(nn.Module):
         return self.relu(x + y)
 
 
+@reduced_precision_module  # the convolutions are RAFT's cost; its norms stay float32
 class BasicEncoder(nn.Module):
     """RAFT feature / context encoder: 7×7/2 stem, residual stages at 1/2, 1/4, 1/8, 1×1 head."""
 
@@ -160,6 +169,7 @@ class FlowHead(nn.Module):
         return self.conv2(self.relu(self.conv1(x)))
 
 
+@reduced_precision_module(methods=("forward", "upsample_mask"))
 class UpdateBlock(nn.Module):
     """One RAFT refinement step (``BasicUpdateBlock``): motion encoder, GRU, flow head and upsampling-mask head."""
 
@@ -230,6 +240,7 @@ def convex_upsample(flow: Tensor, mask_logits: Tensor) -> Tensor:
     return up.permute(0, 1, 4, 2, 5, 3).reshape(b, 2, 8 * h, 8 * w)
 
 
+@float32_module  # correlation, lookups, coordinates, convex upsampling; encoders and update block reduced
 class RAFT(nn.Module):
     """RAFT flow estimator; ``forward(image1, image2)`` takes 0..255 images and returns (B, 2, H, W) flow in HR px."""
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._backend import float32_island
+from ..precision import float32_island
 
 
 def _pixel_grid(flow: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,14 +16,12 @@ read, with a deprecation warning, when the new one is unset.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import importlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any
 
 import torch
 
@@ -180,67 +178,3 @@ def choose(env_var: str, op: str, device: torch.device, needs_grad: bool) -> str
         why = "the native extension is not built" if native() is None else f"this build has no {requested} kernel"
         raise RuntimeError(f"{env_var}={requested} but {why} (sschsr::{op})")
     return "native"
-
-
-_EXPORT_ISLANDS: contextvars.ContextVar[bool] = contextvars.ContextVar("sschsr_export_islands", default=False)
-
-
-@contextlib.contextmanager
-def export_islands() -> Iterator[None]:
-    """While active, every float32 island casts its floating inputs up and its result back to the dtype of its
-    ``out_like`` argument: the fp16 ONNX export (:func:`sschsr_deploy.engine.onnx.fp16_islands`) traces a float16
-    model inside it, so the islands become Cast nodes around float32 subgraphs."""
-    token = _EXPORT_ISLANDS.set(True)
-    try:
-        yield
-    finally:
-        _EXPORT_ISLANDS.reset(token)
-
-
-def export_islands_active() -> bool:
-    return _EXPORT_ISLANDS.get()
-
-
-def _cast_floats(obj: Any, dtype: torch.dtype) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, tuple | list):
-        return type(obj)(_cast_floats(o, dtype) for o in obj)
-    return obj
-
-
-def float32_island(op: Callable[..., Any] | None = None, *, out_like: int | None = 0) -> Any:
-    """Decorator: a computation that stays float32 when the rest of the network runs in reduced precision — the one
-    fp32-island policy for eager autocast and for the fp16 export.
-
-    - Under ``torch.autocast``: floating tensor arguments cast up, autocast off inside, results float32 (autocast
-      casts them again where the next op wants). Autocast is switched off inside because only the native kernels
-      ignore it: the plain-PyTorch and Triton paths are made of ops autocast would lower again (the reference spectral
-      attention returned bfloat16 under CPU autocast when the native extension was absent).
-    - Inside :func:`export_islands` (the fp16 export traces a float16 model there): floating arguments cast up, and
-      the floating results cast back to the dtype of argument ``out_like`` (``None``: they stay float32, e.g. patch
-      matching's similarity and the attention statistics).
-    - Otherwise the function is called unchanged.
-
-    Applied to the three operators' entry points and to the model's bilinear warps; the model's modules that stay
-    float32 in the export (norms, RAFT's correlation, the deformable aggregations) are listed in
-    :func:`sschsr_deploy.engine.onnx.fp16_islands`. Why float32: offsets of tens of pixels and the patch-matching
-    arg-max lose precision in 16 bits, and norms / Gram matrices / softmax overflow or cancel.
-    """
-    if op is None:
-        return functools.partial(float32_island, out_like=out_like)
-
-    @functools.wraps(op)
-    def island(*args: Any, **kwargs: Any) -> Any:
-        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        if first is None:
-            return op(*args, **kwargs)
-        if _EXPORT_ISLANDS.get():
-            out = op(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
-            return out if out_like is None else _cast_floats(out, args[out_like].dtype)
-        if not torch.is_autocast_enabled(first.device.type):
-            return op(*args, **kwargs)
-        with torch.autocast(first.device.type, enabled=False):
-            return op(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
-
-    return island

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import choose, define_op, float32_island
+from ..precision import float32_island
+from ._backend import choose, define_op
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:

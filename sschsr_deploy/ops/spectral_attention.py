@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputValidationError
-from ._backend import choose, define_op, float32_island
+from ..precision import float32_island
+from ._backend import choose, define_op
 
 L2_EPS = 1e-12
 
