@@ -1,0 +1,285 @@
+"""The metadata a hyperspectral cube carries besides its pixels, in one model every format reads into and writes from.
+
+:class:`CubeMetadata` holds the spectral description (band centres, FWHM, their unit, band names), the georeference
+(:class:`GeoReference`: CRS and GDAL-style geotransform), the nodata value, a description and the other keys of the
+input (ENVI header keys, HDF5 / MAT attributes) passed through as text. A super-resolved output keeps all of it except
+the pixel size, which :meth:`CubeMetadata.for_output` divides by the scale (the upper-left corner stays where it was).
+
+ENVI's ``map info`` is parsed here (:func:`parse_map_info` / :func:`format_map_info`) because the ENVI reader and
+writer and the GeoTIFF bridge all need the same conversion: ``{projection, ref x, ref y, easting, northing, size x,
+size y, [zone, hemisphere,] datum, units=..., rotation=...}`` with 1-based reference pixels whose (1, 1) is the outer
+upper-left corner of the image (the convention GDAL's ENVI driver uses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sschsr_deploy.errors import InputValidationError
+
+__all__ = [
+    "WAVELENGTH_UNITS",
+    "CubeMetadata",
+    "GeoReference",
+    "MapInfo",
+    "format_map_info",
+    "parse_envi_list",
+    "parse_map_info",
+    "to_nanometres",
+]
+
+#: Accepted wavelength units and their factor to nanometres (ENVI ``wavelength units`` spellings included).
+WAVELENGTH_UNITS: dict[str, float] = {
+    "nm": 1.0, "nanometers": 1.0, "nanometres": 1.0, "nanometer": 1.0,
+    "um": 1000.0, "µm": 1000.0, "micrometers": 1000.0, "micrometres": 1000.0, "micrometer": 1000.0, "microns": 1000.0,
+    "mm": 1e6, "millimeters": 1e6,
+    "cm-1": math.nan, "wavenumber": math.nan,  # recognised, not convertible by a factor
+    "ghz": math.nan, "mhz": math.nan, "index": math.nan, "unknown": math.nan,
+}
+
+GeoTransform = tuple[float, float, float, float, float, float]
+
+
+def to_nanometres(values: Sequence[float], units: str | None) -> tuple[float, ...]:
+    """Band centres (or widths) in nanometres. ``units`` None: guessed from the values (< 100 → micrometres)."""
+    vals = tuple(float(v) for v in values)
+    if units is None:
+        factor = 1000.0 if vals and max(vals) < 100.0 else 1.0
+    else:
+        key = units.strip().lower()
+        if key not in WAVELENGTH_UNITS:
+            raise InputValidationError(
+                f"unknown wavelength unit {units!r}; expected one of nm, um (micrometers), mm")
+        factor = WAVELENGTH_UNITS[key]
+        if math.isnan(factor):
+            raise InputValidationError(f"wavelength unit {units!r} cannot be converted to nanometres")
+    return tuple(v * factor for v in vals)
+
+
+@dataclass(frozen=True)
+class GeoReference:
+    """Where the pixels are: ``crs`` (WKT, ``EPSG:n`` or a PROJ string, as the source gave it) and a GDAL geotransform
+    ``(x0, dx, rx, y0, ry, dy)``: pixel (col, row)'s outer corner is at x = x0 + col·dx + row·rx,
+    y = y0 + col·ry + row·dy (dy negative for north-up images)."""
+
+    crs: str | None
+    transform: GeoTransform
+
+    def __post_init__(self) -> None:
+        t = tuple(float(v) for v in self.transform)
+        if len(t) != 6 or not all(math.isfinite(v) for v in t):
+            raise InputValidationError(f"a geotransform has six finite numbers; got {self.transform!r}")
+        if t[1] * t[5] - t[2] * t[4] == 0:
+            raise InputValidationError(f"degenerate geotransform {t} (zero pixel area)")
+        object.__setattr__(self, "transform", t)
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        x0, dx, rx, y0, ry, dy = self.transform
+        return math.hypot(dx, ry), math.hypot(rx, dy)
+
+    def scaled(self, scale: int) -> GeoReference:
+        """The georeference of the image ``scale`` times finer over the same area: pixel size / scale, corner kept."""
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1; got {scale}")
+        x0, dx, rx, y0, ry, dy = self.transform
+        return GeoReference(self.crs, (x0, dx / scale, rx / scale, y0, ry / scale, dy / scale))
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """ENVI ``map info``, parsed: projection name, 1-based reference pixel, its map coordinates, pixel size, the
+    projection's zone / hemisphere (UTM), datum, units and rotation (degrees)."""
+
+    projection: str
+    ref_x: float
+    ref_y: float
+    easting: float
+    northing: float
+    size_x: float
+    size_y: float
+    zone: int | None = None
+    hemisphere: str | None = None
+    datum: str | None = None
+    units: str | None = None
+    rotation: float = 0.0
+
+    def geotransform(self) -> GeoTransform:
+        """The GDAL geotransform of this map info, computed as GDAL's ENVI driver does (so that rasterio and this
+        package agree): rotation (degrees) turns the pixel axes; the reference-pixel offset uses the unrotated sizes."""
+        c, s = math.cos(math.radians(self.rotation)), math.sin(math.radians(self.rotation))
+        x0 = self.easting - (self.ref_x - 1.0) * self.size_x
+        y0 = self.northing + (self.ref_y - 1.0) * self.size_y
+        return (x0, c * self.size_x, s * self.size_x, y0, s * self.size_y, -c * self.size_y)
+
+    def scaled(self, scale: int) -> MapInfo:
+        """The map info of the ``scale`` times finer image: the same map point at the same (finer) pixel corner."""
+        return dataclasses.replace(
+            self, ref_x=1.0 + (self.ref_x - 1.0) * scale, ref_y=1.0 + (self.ref_y - 1.0) * scale,
+            size_x=self.size_x / scale, size_y=self.size_y / scale,
+        )
+
+
+def parse_envi_list(value: str) -> list[str]:
+    """Items of an ENVI brace list ``{a, b, c}`` (braces optional), stripped; empty items kept out."""
+    text = value.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise InputValidationError(f"map info: {what} {text!r} is not a number") from exc
+    if not math.isfinite(value):
+        raise InputValidationError(f"map info: {what} is {text!r}")
+    return value
+
+
+def parse_map_info(value: str) -> MapInfo:
+    """Parse an ENVI ``map info`` value; raises :class:`InputValidationError` naming what cannot be read."""
+    items = parse_envi_list(value)
+    keyed = {k.strip().lower(): v.strip() for k, _, v in (i.partition("=") for i in items if "=" in i)}
+    plain = [i for i in items if "=" not in i]
+    if len(plain) < 7:
+        raise InputValidationError(
+            f"map info needs at least 7 items (projection, reference pixel x / y, easting, northing, pixel sizes); "
+            f"got {value!r}")
+    proj = plain[0]
+    ref_x, ref_y, east, north, sx, sy = (
+        _number(t, w) for t, w in zip(plain[1:7], ("reference x", "reference y", "easting", "northing",
+                                                    "pixel size x", "pixel size y"), strict=True))
+    if sx <= 0 or sy <= 0:
+        raise InputValidationError(f"map info: pixel size must be positive; got {sx} x {sy}")
+    rest = plain[7:]
+    zone = hemisphere = datum = None
+    if proj.strip().upper() == "UTM" and len(rest) >= 2:
+        try:
+            zone = int(float(rest[0]))
+        except ValueError as exc:
+            raise InputValidationError(f"map info: UTM zone {rest[0]!r} is not a number") from exc
+        hemisphere = rest[1]
+        if hemisphere.lower() not in ("north", "south"):
+            raise InputValidationError(f"map info: UTM hemisphere must be North or South; got {hemisphere!r}")
+        rest = rest[2:]
+    if rest:
+        datum = rest[0]
+    rotation = _number(keyed["rotation"], "rotation") if "rotation" in keyed else 0.0
+    return MapInfo(proj, ref_x, ref_y, east, north, sx, sy, zone, hemisphere, datum, keyed.get("units"), rotation)
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v)) if not float(v).is_integer() else f"{float(v):.1f}"
+
+
+def format_map_info(info: MapInfo) -> str:
+    """The ENVI header value of ``info`` (round-trips through :func:`parse_map_info`)."""
+    parts = [info.projection, _fmt(info.ref_x), _fmt(info.ref_y), _fmt(info.easting), _fmt(info.northing),
+             _fmt(info.size_x), _fmt(info.size_y)]
+    if info.zone is not None:
+        parts += [str(info.zone), info.hemisphere or "North"]
+    if info.datum:
+        parts.append(info.datum)
+    if info.units:
+        parts.append(f"units={info.units}")
+    if info.rotation:
+        parts.append(f"rotation={_fmt(info.rotation)}")
+    return "{" + ", ".join(parts) + "}"
+
+
+@dataclass
+class CubeMetadata:
+    """What a cube says about itself; every field optional. ``extra``: other keys of the source (ENVI header keys,
+    HDF5 / MAT attributes) as text, written back where the output format can hold them. ``map_info``: the ENVI
+    form of the georeference when the source had one (kept so that an ENVI output writes it back unchanged but
+    scaled)."""
+
+    wavelengths: tuple[float, ...] | None = None
+    fwhm: tuple[float, ...] | None = None
+    wavelength_units: str | None = None
+    band_names: tuple[str, ...] | None = None
+    geo: GeoReference | None = None
+    map_info: MapInfo | None = None
+    nodata: float | None = None
+    description: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def check(self, bands: int, source: str = "cube") -> CubeMetadata:
+        """Refuse lists whose length is not the band count (a clear error instead of a wrong band mapping)."""
+        for name in ("wavelengths", "fwhm", "band_names"):
+            values = getattr(self, name)
+            if values is not None and len(values) != bands:
+                raise InputValidationError(
+                    f"{source}: {len(values)} {name.replace('_', ' ')} for {bands} bands; the metadata does not "
+                    "describe this cube (fix the header or drop the key)")
+        if self.wavelengths is not None:
+            to_nanometres(self.wavelengths, self.wavelength_units)  # the unit is readable
+            if not all(math.isfinite(v) for v in self.wavelengths):
+                raise InputValidationError(f"{source}: wavelengths must be finite numbers")
+        if self.nodata is not None and math.isinf(self.nodata):
+            raise InputValidationError(f"{source}: nodata value {self.nodata} is infinite")
+        return self
+
+    @property
+    def wavelengths_nm(self) -> tuple[float, ...] | None:
+        return None if self.wavelengths is None else to_nanometres(self.wavelengths, self.wavelength_units)
+
+    @property
+    def fwhm_nm(self) -> tuple[float, ...] | None:
+        return None if self.fwhm is None else to_nanometres(self.fwhm, self.wavelength_units)
+
+    def for_output(self, scale: int, band_indices: Sequence[int] | None = None,
+                   wavelengths_nm: Sequence[float] | None = None) -> CubeMetadata:
+        """The metadata of the super-resolved cube: georeference at 1 / ``scale`` the pixel size. ``band_indices``:
+        the input bands the output's bands correspond to (spectral lists re-indexed); ``wavelengths_nm``: the
+        output's own band centres when they are not input bands (resampled to the model's bands), in nm."""
+        out = dataclasses.replace(self, extra=dict(self.extra))
+        out.geo = None if self.geo is None else self.geo.scaled(scale)
+        out.map_info = None if self.map_info is None else self.map_info.scaled(scale)
+        if wavelengths_nm is not None:
+            out.wavelengths, out.wavelength_units = tuple(float(v) for v in wavelengths_nm), "Nanometers"
+            out.fwhm = out.band_names = None
+        elif band_indices is not None:
+            idx = [int(i) for i in band_indices]
+
+            def pick(values: tuple | None) -> tuple | None:
+                return None if values is None else tuple(values[i] for i in idx)
+
+            out.wavelengths, out.fwhm, out.band_names = pick(self.wavelengths), pick(self.fwhm), pick(self.band_names)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (for sidecars); ``None`` fields left out."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == {}:
+                continue
+            if isinstance(value, GeoReference | MapInfo):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CubeMetadata:
+        kw: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.name == "geo":
+                value = GeoReference(value.get("crs"), tuple(value["transform"]))
+            elif f.name == "map_info":
+                value = MapInfo(**value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kw[f.name] = value
+        return cls(**kw)
