@@ -103,3 +103,84 @@ def test_for_output_scales_and_reindexes():
     resampled = meta.for_output(2, wavelengths_nm=[450.0, 550.0])
     assert resampled.wavelengths == (450.0, 550.0) and resampled.fwhm is None and resampled.band_names is None
     assert CubeMetadata.from_json(meta.to_json()) == meta
+
+
+# ---- ENVI headers and attributes -------------------------------------------------------------------------------------
+
+from sschsr_deploy.io.metadata import (  # noqa: E402
+    attributes_from_metadata,
+    envi_fields,
+    metadata_from_attributes,
+    metadata_from_envi,
+)
+
+ENVI = {
+    "samples": "6", "lines": "5", "bands": "3", "interleave": "bsq", "data type": "4",
+    "wavelength": "{450.0, 550.0,\n 650.0}", "fwhm": "{10, 10, 12}", "wavelength units": "Nanometers",
+    "band names": "{blue, green, red}", "map info": UTM, "data ignore value": "-9999",
+    "description": "{AVIRIS scene}", "sensor type": "AVIRIS",
+}
+
+
+def test_envi_header_to_metadata_and_back():
+    meta = metadata_from_envi(ENVI)
+    assert meta.wavelengths == (450.0, 550.0, 650.0) and meta.fwhm == (10.0, 10.0, 12.0)
+    assert meta.band_names == ("blue", "green", "red") and meta.nodata == -9999.0
+    assert meta.geo.crs == "EPSG:32633" and meta.geo.transform[1] == 30.0  # UTM 33 North, WGS-84
+    assert meta.description == "AVIRIS scene" and meta.extra == {"sensor type": "AVIRIS"}
+    fields = envi_fields(meta.for_output(4))
+    assert "samples" not in fields and fields["sensor type"] == "AVIRIS"
+    assert parse_map_info(fields["map info"]).size_x == 7.5
+    assert "coordinate system string" not in fields  # the UTM map info says it all
+    back = metadata_from_envi({**fields, "samples": "24"})
+    assert back.wavelengths == meta.wavelengths and back.geo == meta.geo.scaled(4)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("wavelength", "{450, abc, 650}", "wavelength must be a list of numbers"),
+    ("data ignore value", "none", "data ignore value"),
+    ("map info", "{UTM, 1, 1}", "at least 7 items"),
+])
+def test_bad_envi_metadata(key, value, match):
+    with pytest.raises(InputValidationError, match=match):
+        metadata_from_envi({**ENVI, key: value})
+
+
+def test_envi_header_we_write_is_read_by_gdal_and_spy(tmp_path):
+    """GDAL (rasterio) reads our map info + CRS, SPy reads our wavelengths, FWHM and band names."""
+    rasterio = pytest.importorskip("rasterio")
+    spectral = pytest.importorskip("spectral")
+    cube = np.random.default_rng(0).random((3, 5, 6)).astype(np.float32)  # bsq
+    geos = [GeoReference("EPSG:32633", (500000.0, 7.5, 0.0, 4100000.0, 0.0, -7.5)),  # a GeoTIFF's UTM
+            GeoReference("EPSG:3035", (4321000.0, 10.0, 0.0, 3210000.0, 0.0, -10.0))]  # LAEA Europe: WKT
+    for geo in geos:
+        meta = CubeMetadata(wavelengths=(450.0, 550.0, 650.0), fwhm=(10.0, 10.0, 12.0), band_names=("b", "g", "r"),
+                            geo=geo, nodata=-9999.0)
+        fields = envi_fields(meta)
+        header = "ENVI\nsamples = 6\nlines = 5\nbands = 3\nheader offset = 0\nfile type = ENVI Standard\n" \
+                 "data type = 4\ninterleave = bsq\nbyte order = 0\n"
+        header += "".join(f"{k} = {v}\n" for k, v in fields.items())
+        (tmp_path / "c.hdr").write_text(header)
+        (tmp_path / "c.img").write_bytes(cube.tobytes())
+        with rasterio.open(tmp_path / "c.img") as ds:
+            assert ds.transform.to_gdal() == pytest.approx(geo.transform)
+            assert ds.crs == rasterio.crs.CRS.from_user_input(geo.crs)
+            assert ds.nodata == -9999.0
+        img = spectral.envi.open(str(tmp_path / "c.hdr"), str(tmp_path / "c.img"))
+        assert img.bands.centers == [450.0, 550.0, 650.0] and img.bands.bandwidths == [10.0, 10.0, 12.0]
+        assert img.metadata["band names"] == ["b", "g", "r"]
+
+
+def test_attributes_round_trip():
+    meta = CubeMetadata(wavelengths=(0.45, 0.55), wavelength_units="um", band_names=("a", "b"), nodata=0.0,
+                        geo=GeoReference("EPSG:4326", (10.0, 0.001, 0.0, 50.0, 0.0, -0.001)), description="d",
+                        extra={"sensor": "x"})
+    attrs = attributes_from_metadata(meta)
+    back = metadata_from_attributes({**attrs, "MATLAB_class": "double"})
+    assert back == meta
+    assert back.wavelengths_nm == pytest.approx((450.0, 550.0))
+    assert metadata_from_attributes({"_FillValue": np.array([-1.0])}).nodata == -1.0
+    with pytest.raises(InputValidationError, match="geotransform has 6 numbers"):
+        metadata_from_attributes({"geotransform": np.zeros(4)})
+    with pytest.raises(InputValidationError, match="wavelengths must be numbers"):
+        metadata_from_attributes({"wavelength": ["a", "b"]})

@@ -22,11 +22,17 @@ from typing import Any
 from sschsr_deploy.errors import InputValidationError
 
 __all__ = [
+    "ATTRIBUTE_NAMES",
+    "ENVI_LAYOUT_KEYS",
     "WAVELENGTH_UNITS",
     "CubeMetadata",
     "GeoReference",
     "MapInfo",
+    "attributes_from_metadata",
+    "envi_fields",
     "format_map_info",
+    "metadata_from_attributes",
+    "metadata_from_envi",
     "parse_envi_list",
     "parse_map_info",
     "to_nanometres",
@@ -283,3 +289,229 @@ class CubeMetadata:
                 value = tuple(value)
             kw[f.name] = value
         return cls(**kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ENVI headers and HDF5 / MAT attributes
+
+#: ENVI keys that describe the file's layout: written by the ENVI writer itself, never passed through.
+ENVI_LAYOUT_KEYS = frozenset({
+    "samples", "lines", "bands", "header offset", "file type", "data type", "interleave", "byte order",
+    "x start", "y start",
+})
+_ENVI_META_KEYS = frozenset({
+    "wavelength", "fwhm", "wavelength units", "band names", "map info", "coordinate system string",
+    "data ignore value", "description",
+})
+
+
+def _envi_floats(value: str, key: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in parse_envi_list(value))
+    except ValueError:
+        raise InputValidationError(f"ENVI header: {key} must be a list of numbers; got {value[:80]!r}") from None
+
+
+def metadata_from_envi(fields: Mapping[str, str], source: str = "ENVI header") -> CubeMetadata:
+    """The metadata in a parsed ENVI header (lower-case keys → raw values); layout keys are ignored, keys this model
+    does not know are kept in ``extra``. ``map info`` becomes the georeference (CRS from ``coordinate system
+    string`` when present, else ``UTM zone / hemisphere`` as an EPSG code for WGS-84)."""
+    meta = CubeMetadata()
+    if "wavelength" in fields:
+        meta.wavelengths = _envi_floats(fields["wavelength"], "wavelength")
+    if "fwhm" in fields:
+        meta.fwhm = _envi_floats(fields["fwhm"], "fwhm")
+    if fields.get("wavelength units"):
+        meta.wavelength_units = fields["wavelength units"].strip()
+    if "band names" in fields:
+        meta.band_names = tuple(parse_envi_list(fields["band names"]))
+    if "data ignore value" in fields:
+        try:
+            meta.nodata = float(fields["data ignore value"])
+        except ValueError:
+            raise InputValidationError(
+                f"{source}: data ignore value {fields['data ignore value']!r} is not a number") from None
+    if "description" in fields:
+        meta.description = fields["description"].strip().strip("{}").strip()
+    if "map info" in fields:
+        info = parse_map_info(fields["map info"])
+        crs = fields.get("coordinate system string", "").strip().strip("{}").strip() or _utm_epsg(info)
+        meta.map_info = info
+        meta.geo = GeoReference(crs, info.geotransform())
+    meta.extra = {k: v for k, v in fields.items() if k not in ENVI_LAYOUT_KEYS | _ENVI_META_KEYS}
+    return meta
+
+
+def _utm_epsg(info: MapInfo) -> str | None:
+    if info.projection.upper() != "UTM" or info.zone is None or not 1 <= info.zone <= 60:
+        return None
+    if (info.datum or "WGS-84").replace("_", "-").upper() not in ("WGS-84", "WGS84"):
+        return None
+    return f"EPSG:{(32600 if (info.hemisphere or 'North').lower() == 'north' else 32700) + info.zone}"
+
+
+def _utm_zone(crs: str | None) -> int:
+    """+zone for EPSG:326zz (WGS-84 / UTM north), -zone for EPSG:327zz (south), 0 otherwise."""
+    if not crs or not crs.upper().startswith("EPSG:"):
+        return 0
+    try:
+        code = int(crs.split(":", 1)[1])
+    except ValueError:
+        return 0
+    if 32601 <= code <= 32660:
+        return code - 32600
+    if 32701 <= code <= 32760:
+        return -(code - 32700)
+    return 0
+
+
+def _crs_wkt(crs: str) -> str | None:
+    """WKT for the ``coordinate system string``: the CRS itself when it is WKT, else converted by rasterio when
+    installed (an ``EPSG:n`` code without rasterio is left out; the map info still carries UTM zones)."""
+    if crs.lstrip().upper().startswith(("PROJCS", "GEOGCS", "PROJCRS", "GEOGCRS", "COMPD")):
+        return crs
+    try:
+        from rasterio.crs import CRS
+    except ImportError:
+        return None
+    try:
+        return CRS.from_user_input(crs).to_wkt()
+    except Exception:  # noqa: BLE001 - rasterio raises CRSError subclasses; an unknown CRS is only not written
+        return None
+
+
+def _envi_list(values: Sequence[Any]) -> str:
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+def envi_fields(meta: CubeMetadata) -> dict[str, str]:
+    """ENVI header keys for ``meta`` (besides the layout keys the writer adds): spectral lists, map info (the
+    source's own, scaled, or one made from the geotransform), the CRS as ``coordinate system string``, nodata as
+    ``data ignore value``, description and the passed-through keys."""
+    out: dict[str, str] = {}
+    if meta.description:
+        out["description"] = "{" + meta.description.replace("}", ")") + "}"
+    if meta.wavelengths is not None:
+        out["wavelength units"] = meta.wavelength_units or "Nanometers"
+        out["wavelength"] = _envi_list(repr(float(v)) for v in meta.wavelengths)
+    if meta.fwhm is not None:
+        out["fwhm"] = _envi_list(repr(float(v)) for v in meta.fwhm)
+    if meta.band_names is not None:
+        out["band names"] = _envi_list(str(n).replace(",", ";") for n in meta.band_names)
+    if meta.nodata is not None:
+        out["data ignore value"] = repr(float(meta.nodata))
+    info = meta.map_info
+    crs = meta.geo.crs if meta.geo is not None else None
+    if info is None and meta.geo is not None:
+        x0, dx, rx, y0, ry, dy = meta.geo.transform
+        if rx == 0 and ry == 0 and dx > 0 and dy < 0:  # north-up: expressible without a rotation
+            zone = _utm_zone(crs)
+            info = (MapInfo("UTM", 1.0, 1.0, x0, y0, dx, -dy, abs(zone), "North" if zone > 0 else "South", "WGS-84",
+                            "Meters") if zone else MapInfo("Arbitrary", 1.0, 1.0, x0, y0, dx, -dy))
+    if info is not None:
+        out["map info"] = format_map_info(info)
+    wkt = _crs_wkt(crs) if crs and not (info is not None and _utm_epsg(info) == crs) else None
+    if wkt:
+        out["coordinate system string"] = "{" + wkt + "}"
+    for k, v in meta.extra.items():
+        if k not in ENVI_LAYOUT_KEYS and k not in out:
+            out[k] = v
+    return out
+
+
+#: HDF5 / MAT attribute names read as metadata (first found wins); written with the first name.
+ATTRIBUTE_NAMES: dict[str, tuple[str, ...]] = {
+    "wavelengths": ("wavelength", "wavelengths", "bands_nm", "band_centers", "centers"),
+    "fwhm": ("fwhm", "bandwidths"),
+    "wavelength_units": ("wavelength_units", "wavelength units", "units"),
+    "band_names": ("band_names", "band names"),
+    "nodata": ("nodata", "_FillValue", "data_ignore_value", "fill_value"),
+    "crs": ("crs", "spatial_ref", "crs_wkt"),
+    "transform": ("geotransform", "transform", "GeoTransform"),
+    "description": ("description",),
+}
+
+
+def metadata_from_attributes(attrs: Mapping[str, Any], source: str = "attributes") -> CubeMetadata:
+    """Metadata from HDF5 / MAT attributes (names in :data:`ATTRIBUTE_NAMES`); other scalar / string attributes
+    are kept in ``extra``. Values that cannot be read as the field they name are a clear error."""
+
+    def get(field_name: str) -> Any:
+        for name in ATTRIBUTE_NAMES[field_name]:
+            if name in attrs:
+                return attrs[name]
+        return None
+
+    def text(v: Any) -> str:
+        if isinstance(v, bytes):
+            return v.decode("utf-8", "replace")
+        if hasattr(v, "tolist") and not isinstance(v, str):
+            v = v.tolist()
+            if isinstance(v, list) and len(v) == 1:
+                v = v[0]
+            if isinstance(v, bytes):
+                return v.decode("utf-8", "replace")
+        return str(v)
+
+    def floats(v: Any, what: str) -> tuple[float, ...]:
+        try:
+            arr = [float(x) for x in (v.ravel().tolist() if hasattr(v, "ravel") else list(v))]
+        except (TypeError, ValueError):
+            raise InputValidationError(f"{source}: {what} must be numbers") from None
+        return tuple(arr)
+
+    meta = CubeMetadata()
+    if (v := get("wavelengths")) is not None:
+        meta.wavelengths = floats(v, "wavelengths")
+    if (v := get("fwhm")) is not None:
+        meta.fwhm = floats(v, "fwhm")
+    if (v := get("wavelength_units")) is not None:
+        meta.wavelength_units = text(v)
+    if (v := get("band_names")) is not None:
+        meta.band_names = tuple(text(x) for x in (v.ravel().tolist() if hasattr(v, "ravel") else v))
+    if (v := get("nodata")) is not None:
+        vals = floats([v] if isinstance(v, int | float) else v, "nodata")
+        if len(vals) != 1:
+            raise InputValidationError(f"{source}: nodata must be one number")
+        meta.nodata = vals[0]
+    if (v := get("description")) is not None:
+        meta.description = text(v)
+    transform = get("transform")
+    if transform is not None:
+        t = floats(transform, "geotransform")
+        if len(t) != 6:
+            raise InputValidationError(f"{source}: a geotransform has 6 numbers; got {len(t)}")
+        crs = get("crs")
+        meta.geo = GeoReference(None if crs is None else text(crs), t)  # type: ignore[arg-type]
+    known = {n for names in ATTRIBUTE_NAMES.values() for n in names}
+    for k, v in attrs.items():
+        if k in known or k.startswith("MATLAB_"):
+            continue
+        if isinstance(v, str | bytes | int | float) or (hasattr(v, "size") and getattr(v, "size", 2) == 1):
+            meta.extra[k] = text(v)
+    return meta
+
+
+def attributes_from_metadata(meta: CubeMetadata) -> dict[str, Any]:
+    """HDF5 / MAT attributes for ``meta`` (numbers as float64 arrays, text as str)."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    if meta.wavelengths is not None:
+        out["wavelength"] = np.asarray(meta.wavelengths, dtype=np.float64)
+        out["wavelength_units"] = meta.wavelength_units or "Nanometers"
+    if meta.fwhm is not None:
+        out["fwhm"] = np.asarray(meta.fwhm, dtype=np.float64)
+    if meta.band_names is not None:
+        out["band_names"] = [str(n) for n in meta.band_names]
+    if meta.nodata is not None:
+        out["nodata"] = float(meta.nodata)
+    if meta.description:
+        out["description"] = meta.description
+    if meta.geo is not None:
+        out["geotransform"] = np.asarray(meta.geo.transform, dtype=np.float64)
+        if meta.geo.crs:
+            out["crs"] = meta.geo.crs
+    for k, v in meta.extra.items():
+        out.setdefault(k, v)
+    return out
