@@ -6,8 +6,9 @@ CSV with a header, or JSON lines; relative paths are relative to the manifest). 
 one :class:`~sschsr_deploy.runtime.Pipeline`:
 
 - **resume**: a scene whose output is complete is skipped. Complete means what a finished run leaves: the output
-  file and its JSON sidecar, the sidecar naming that output and its size (both are renamed into place only after the
-  whole cube is written, so a killed run never leaves a pair that looks complete);
+  file(s) and the JSON sidecar that lists them with their sizes (the sidecar is renamed into place last, after the
+  whole cube; see :mod:`sschsr_deploy.io.atomic`), so a killed run never leaves a scene that looks complete. Sizes,
+  not checksums, are compared: checking a resume must not read every finished output again;
 - **keep going** (optional): a scene that fails with a bad-input or I/O error is recorded and the next one runs;
   otherwise the run stops at the first failure (after writing the summary);
 - **summary**: per scene its status (``done`` / ``skipped`` / ``failed`` / ``not run``), the error and the timings,
@@ -58,7 +59,8 @@ class SceneJob:
 
 
 def is_complete(out: PathLike) -> bool:
-    """Whether ``out`` is a finished output: the file and its sidecar, which names it and records its size."""
+    """Whether ``out`` is a finished output: its sidecar lists ``out`` (and any companion file, e.g. an ENVI
+    header) in ``output_files`` and each listed file exists with the recorded size."""
     out = Path(out)
     side = sidecar_path(out)
     if not out.is_file() or not side.is_file():
@@ -67,10 +69,14 @@ def is_complete(out: PathLike) -> bool:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if not isinstance(meta, dict) or meta.get("output") != out.name:
+    files = meta.get("output_files") if isinstance(meta, dict) else None
+    if not isinstance(files, list) or out.name not in {f.get("name") for f in files if isinstance(f, dict)}:
         return False
-    size = meta.get("output_bytes")
-    return size is None or size == out.stat().st_size
+    for item in files:
+        path = out.with_name(str(item.get("name")))
+        if not path.is_file() or path.stat().st_size != item.get("bytes"):
+            return False
+    return True
 
 
 def _scene_files(folder: Path) -> dict[str, Path]:

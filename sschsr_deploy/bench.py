@@ -265,7 +265,9 @@ def run_benchmark(
             raise InputValidationError(f"--threads must be at least 1; got {threads}")
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    dev = torch.device(device)
+    from sschsr_deploy.runtime.backend_base import resolve_device
+
+    dev = resolve_device(device)
     inputs: tuple[torch.Tensor, ...] | None = None
     bands = None
     baseline_out: np.ndarray | None = None

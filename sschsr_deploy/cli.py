@@ -1,13 +1,16 @@
 """The ``sschsr-deploy`` command line: ``infer`` (files in, file out), ``export`` (ONNX, verified), ``build-engine``
 (TensorRT), ``bench`` (backends side by side), ``info`` (environment), ``demo`` (synthetic scene).
 
-Every failure ends with one line on stderr (``sschsr-deploy: error: …``) and a non-zero exit status — 2 for bad input
-or arguments, 1 for anything else (a failed export check, TensorRT missing, a crash), 130 when interrupted — and no
-traceback unless ``--debug`` is given. ``--debug`` and ``-v`` are accepted before or after the sub-command. Messages
-raised by the library in its own spelling (``tile=128x128``) are reworded into options (``--tile 128``) by
-:func:`cli_wording`. ``infer`` exits 0 only after the output file has been completely written and renamed into place;
-on failure nothing is left under the output name. The commands' work lives in their own modules
-(:mod:`sschsr_deploy.export`, :mod:`sschsr_deploy.engine_build`, :mod:`sschsr_deploy.bench`,
+Every failure ends with one line on stderr (``sschsr-deploy: error: …``) and a non-zero exit status — 2 for bad input or
+arguments (including an output with NaN / inf values, refused), 1 for anything else (not enough space for the output, an
+I/O error, a failed export check, TensorRT missing, a crash), 130 on SIGINT (Ctrl-C), 143 on SIGTERM, 129 on SIGHUP
+(unless SIGHUP is ignored, as under ``nohup``) — and no traceback unless ``--debug`` is given. On a signal the temp
+files are removed and one line says whether the output was written (only when the signal came during the final renames,
+which finish first). ``--debug`` and ``-v`` are accepted before or after the sub-command. Messages raised by the library
+in its own spelling (``tile=128x128``) are reworded into options (``--tile 128``) by :func:`cli_wording`. ``infer``
+exits 0 only after the output file and its sidecar have been completely written and renamed into place; on failure
+nothing changes under the output's name (see :mod:`sschsr_deploy.io.atomic`). The commands' work lives in their own
+modules (:mod:`sschsr_deploy.export`, :mod:`sschsr_deploy.engine_build`, :mod:`sschsr_deploy.bench`,
 :mod:`sschsr_deploy.demo`); this module parses, dispatches and reports.
 """
 
@@ -27,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from sschsr_deploy._version import __version__
-from sschsr_deploy.errors import SSCHSRError
+from sschsr_deploy.errors import OutputSpaceError, SSCHSRError
 
 __all__ = ["cli_wording", "environment_info", "library_info", "main"]
 
 log = logging.getLogger("sschsr_deploy.cli")
 
 PROG = "sschsr-deploy"
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # SIGTERM / SIGHUP: 128 + signal (143 / 129)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -230,10 +233,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         model, info = _load_infer_model(args)
         pipe = Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
     t0 = time.perf_counter()
-    path = pipe.run_files(
-        args.hsi, args.ref, args.scale, out, format=args.format, out_layout=args.out_layout, variable=args.variable,
-        hsi_layout=args.hsi_layout, out_variable=args.out_variable,
-    )
+    try:
+        path = pipe.run_files(
+            args.hsi, args.ref, args.scale, out, format=args.format, out_layout=args.out_layout,
+            variable=args.variable, hsi_layout=args.hsi_layout, out_variable=args.out_variable,
+        )
+    except BaseException:
+        args.written = getattr(pipe, "last_output", None)  # a signal during the commit comes after it: say so
+        raise
     if not args.quiet:
         plan = pipe.last_plan
         print(f"wrote {path} ({plan.height}x{plan.width}x{pipe.backend.bands} float32, {len(plan)} window(s), "
@@ -505,17 +512,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = debug or args.debug
     handler = {"infer": _cmd_infer, "info": _cmd_info, "demo": _cmd_demo, "export": _cmd_export,
                "build-engine": _cmd_build_engine, "bench": _cmd_bench}[args.command]
+    from sschsr_deploy.io.signals import Terminated, terminate_on_signals
+
     try:
-        return handler(args)
-    except KeyboardInterrupt:
+        with terminate_on_signals():  # SIGTERM / SIGHUP (if not ignored) unwind like Ctrl-C, removing temp files
+            return handler(args)
+    except (KeyboardInterrupt, Terminated) as exc:
         if debug:
             raise
-        print(f"{PROG}: interrupted; no output was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        name = exc.signal_name if isinstance(exc, Terminated) else "SIGINT"
+        written = getattr(args, "written", None)
+        what = f"{written} was written before it stopped" if written else "no output was written"
+        print(f"{PROG}: interrupted ({name}); {what}", file=sys.stderr)
+        return exc.code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except _Failed as exc:
         if debug:
             raise
         print(f"{PROG}: error: {cli_wording(_one_line(exc), args.command)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OutputSpaceError as exc:  # not the arguments' fault: the same run succeeds where there is room
+        if debug:
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except SSCHSRError as exc:
         if debug:

@@ -13,3 +13,11 @@ class InputValidationError(SSCHSRError, ValueError):
 
 class CheckpointError(SSCHSRError, RuntimeError):
     """A checkpoint file is unreadable, truncated, of an unknown layout, or does not match the model."""
+
+
+class OutputSpaceError(SSCHSRError, OSError):
+    """An output does not fit: not enough free space on its file system, or over the file size limit (ulimit -f)."""
+
+
+class NonFiniteOutputError(SSCHSRError, ValueError):
+    """The network produced NaN or infinite values: the output is refused rather than written."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +30,14 @@ from scipy import ndimage
 from skimage.exposure import match_histograms
 
 from sschsr_deploy.errors import InputValidationError
+from sschsr_deploy.limits import check_scale
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "DEFAULT_BANDS",
+    "SKETCH_CAPACITY",
     "KERNEL_SIGMA",
     "KERNEL_SIZE",
     "ModelInputs",
@@ -43,6 +45,7 @@ __all__ = [
     "bicubic_upsample",
     "blur",
     "blur_decimate",
+    "blur_decimate_rows",
     "check_array",
     "check_reference_array",
     "check_rgb_bands",
@@ -50,11 +53,13 @@ __all__ = [
     "decimate",
     "degrade",
     "gaussian_kernel",
+    "histogram_matching_map",
     "match_histograms_per_channel",
     "minmax_normalize",
     "official_inputs_from_hr",
     "pseudo_rgb",
     "reference_to_unit",
+    "ValueSketch",
 ]
 
 #: Bands used as (R, G, B) of the pseudo-RGB image. Hard-wired to (15, 8, 3) in the official 31-band code.
@@ -66,18 +71,6 @@ KERNEL_SIGMA: float = 3.0
 
 # ---------------------------------------------------------------------------------------------------------------------
 # validation helpers
-
-
-def check_scale(sf: object) -> int:
-    """Return the scale ``sf`` as an int, or raise: the pipeline decimates with ``[::sf]``, so only positive integers
-    work."""
-    if isinstance(sf, bool) or not isinstance(sf, numbers.Integral):
-        raise InputValidationError(
-            f"scale must be a positive integer (e.g. 4 or 8); got {sf!r} of type {type(sf).__name__}"
-        )
-    if int(sf) < 1:
-        raise InputValidationError(f"scale must be a positive integer (e.g. 4 or 8); got {int(sf)}")
-    return int(sf)
 
 
 def check_array(arr: object, name: str, ndims: tuple[int, ...], layout: str) -> np.ndarray:
@@ -196,21 +189,44 @@ def blur_decimate(img: np.ndarray, sf: int, kernel: np.ndarray | None = None) ->
     even-sized kernel shifts it by one, i.e. correlation with the flipped kernel at offsets ``-(n // 2) + 1 - n % 2``
     ... along each axis), accumulated in float64 like SciPy does, then cast to the input's float dtype; results differ
     from the two-step form only in the summation order (about 1e-16 relative, tested), so rounding to float32 can move
-    a value by one ulp.
+    a value by one ulp. It is :func:`blur_decimate_rows` over all rows.
     """
     img = _as_float(check_array(img, "image", (2, 3), "H x W or H x W x C"))
+    sf = check_scale(sf)
+    h = img.shape[0]
+    return blur_decimate_rows(lambda r0, r1: img[r0:r1], h, sf, 0, -(-h // sf), kernel)
+
+
+def blur_decimate_rows(
+    read_rows: Callable[[int, int], np.ndarray],
+    height: int,
+    sf: int,
+    lr_r0: int,
+    lr_r1: int,
+    kernel: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rows ``lr_r0 .. lr_r1`` of :func:`blur_decimate` of an image of ``height`` rows, reading only the rows they need.
+
+    ``read_rows(r0, r1)`` returns the image's rows ``r0 .. r1`` (all columns, float32 / float64). Only the kernel's
+    taps around the kept rows are read (clamped at the image's own edges), so a large image can be degraded in row
+    bands, with the same arithmetic in the same order as the whole-image call: identical results.
+    """
     sf = check_scale(sf)
     k = _official_kernel() if kernel is None else np.asarray(kernel, dtype=np.float64)
     if k.ndim != 2:
         raise InputValidationError(f"blur kernel must be 2-D; got shape {k.shape}")
     flipped = k[::-1, ::-1]
-    h, w = img.shape[:2]
-    ys, xs = np.arange(0, h, sf), np.arange(0, w, sf)
 
     def taps(n: int) -> np.ndarray:  # the input offset of each tap of the flipped kernel (SciPy's convolve origin)
         return np.arange(n) - n // 2 + (1 - n % 2)
 
-    rows = np.clip(ys[None, :] + taps(k.shape[0])[:, None], 0, h - 1)  # edge replicate = clamp
+    ys = np.arange(lr_r0, lr_r1) * sf
+    rows = np.clip(ys[None, :] + taps(k.shape[0])[:, None], 0, height - 1)  # edge replicate = clamp
+    r0 = int(rows.min())
+    img = read_rows(r0, int(rows.max()) + 1)
+    rows -= r0
+    w = img.shape[1]
+    xs = np.arange(0, w, sf)
     cols = np.clip(xs[None, :] + taps(k.shape[1])[:, None], 0, w - 1)
     out = np.zeros((len(ys), len(xs)) + img.shape[2:], dtype=np.float64)
     for a in range(k.shape[0]):
@@ -327,6 +343,108 @@ def match_histograms_per_channel(src: np.ndarray, ref: np.ndarray) -> np.ndarray
             f"src and ref must have the same number of channels; got {src.shape[2]} and {ref.shape[2]}"
         )
     return match_histograms(src, ref, channel_axis=-1)
+
+
+#: Entries a :class:`ValueSketch` keeps exactly before it merges neighbouring values into intervals: a scene with
+#: at most this many distinct values per channel (every scene up to 512 x 512 HR) is histogram-matched exactly.
+SKETCH_CAPACITY: int = 2**18
+
+
+class ValueSketch:
+    """The distribution of a stream of values (e.g. one channel of an image read in row bands), in bounded memory.
+
+    Sorted, disjoint entries ``[lo_i, hi_i]`` with counts. While the stream has at most ``capacity`` distinct values
+    every entry is one value with its exact count, which is what :func:`skimage.exposure.match_histograms` computes
+    (``np.unique`` with counts): matching through :func:`histogram_matching_map` is then bit-identical to it. Beyond,
+    neighbouring light entries are merged into intervals (memory stays O(capacity)); a value holding at least
+    ``2 / capacity`` of the stream (a flat or saturated region) stays a single exact entry unless it first appeared
+    inside an interval formed earlier. Within an interval the CDF is interpolated linearly; an interval holds at most
+    about ``2 pi / capacity`` of the values (less towards the tails) and spans at most ``4 / capacity`` of the value
+    range, which bounds the error.
+    """
+
+    def __init__(self, capacity: int = SKETCH_CAPACITY) -> None:
+        if capacity < 16:
+            raise ValueError(f"capacity must be at least 16; got {capacity}")
+        self.capacity = int(capacity)
+        self.lo = np.empty(0, np.float64)
+        self.hi = np.empty(0, np.float64)
+        self.count = np.empty(0, np.int64)
+        self.total = 0
+
+    @property
+    def exact(self) -> bool:
+        """True while every entry is a single value (nothing merged yet)."""
+        return bool(np.array_equal(self.lo, self.hi))
+
+    def add(self, values: np.ndarray) -> None:
+        """Add the values of an array (any shape, finite real)."""
+        v, c = np.unique(np.asarray(values).reshape(-1), return_counts=True)
+        v = v.astype(np.float64)
+        c = c.astype(np.int64)
+        self.total += int(c.sum())
+        n = self.lo.size
+        if n:
+            j = np.searchsorted(self.hi, v, side="left")  # first entry with hi >= v
+            inside = (j < n) & (self.lo[np.minimum(j, n - 1)] <= v)
+            np.add.at(self.count, j[inside], c[inside])
+            v, c = v[~inside], c[~inside]
+        if v.size:  # a merge of two sorted lists: v's values fall between entries (the others were added above)
+            at = np.searchsorted(self.lo, v)
+            self.lo = np.insert(self.lo, at, v)
+            self.hi = np.insert(self.hi, at, v)
+            self.count = np.insert(self.count, at, c)
+        if self.lo.size > self.capacity:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Merge runs of neighbouring entries that share a mass block and a value cell; heavy entries stay alone.
+
+        Mass blocks are equal steps of ``asin(2q - 1)`` (q: the share of values below an entry; t-digest's k1 scale):
+        ``capacity / 4`` of them, about ``2 pi / capacity`` of the values each in the middle of the distribution and
+        ever smaller towards its tails, so the extremes stay nearly exact. Value cells cut the range into
+        ``capacity / 4`` equal parts, so sparse stretches (where a quantile function is steep) are not merged across.
+        """
+        m = self.capacity // 4
+        c = self.count
+        q = (np.cumsum(c) - c) / self.total
+        block = np.floor(m * (np.arcsin(2.0 * q - 1.0) / np.pi + 0.5)).astype(np.int64)
+        span = self.hi[-1] - self.lo[0]
+        cell = np.floor((self.lo - self.lo[0]) * (m / span)).astype(np.int64) if span > 0 else np.zeros_like(block)
+        heavy = c >= 2 * self.total / self.capacity
+        new = np.ones(c.size, dtype=bool)
+        new[1:] = (block[1:] != block[:-1]) | (cell[1:] != cell[:-1]) | heavy[1:] | heavy[:-1]
+        starts = np.flatnonzero(new)
+        ends = np.r_[starts[1:], c.size] - 1
+        self.lo, self.hi = self.lo[starts], self.hi[ends]
+        self.count = np.add.reduceat(c, starts)
+
+    def cdf_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Support points ``(value, number of values <= value)`` of the CDF, strictly increasing in both.
+
+        A single-value entry gives one point; an interval gives its two ends (``lo`` with one more than the entries
+        below it — ``lo`` is a value of the stream — and ``hi`` with all of it).
+        """
+        cum = np.cumsum(self.count)
+        interval = self.hi > self.lo
+        xs = np.stack([self.lo, self.hi], axis=1)
+        ns = np.stack([cum - self.count + 1, cum], axis=1)
+        keep = np.stack([interval, np.ones_like(interval)], axis=1)
+        return xs[keep], ns[keep]
+
+
+def histogram_matching_map(src: ValueSketch, template: ValueSketch) -> tuple[np.ndarray, np.ndarray]:
+    """The histogram-matching map of one channel as points ``(source value, matched value)``, for ``np.interp``.
+
+    scikit-image's matching sends a source value ``v`` to the template quantile function at ``F_src(v)`` (the share of
+    source values <= ``v``), interpolated linearly between the template's distinct values at their cumulative shares.
+    With exact sketches the points are exactly scikit-image's ``interp_a_values`` at the distinct source values, and
+    ``np.interp`` returns a support point's value unchanged: the same result, bit for bit. With merged sketches the
+    CDFs are piecewise linear within intervals (see :class:`ValueSketch`).
+    """
+    sx, sn = src.cdf_points()
+    tx, tn = template.cdf_points()
+    return sx, np.interp(sn / src.total, tn / template.total, tx)
 
 
 def check_reference_array(ref: object) -> np.ndarray:

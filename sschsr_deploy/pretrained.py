@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputValidationError
+from .limits import check_scale
 
 __all__ = ["SHIPPED", "shipped_card", "shipped_weights"]
 
@@ -27,6 +28,7 @@ def _directory() -> Path:
 
 def shipped_weights(preset: str = "tiny", scale: int = 4, bands: int = SHIPPED_BANDS) -> Path:
     """Path of the shipped safetensors file for ``preset`` at ``scale``; a clear error when none ships."""
+    scale = check_scale(scale)
     stem = SHIPPED.get((preset, int(scale)))
     if stem is None or bands != SHIPPED_BANDS:
         have = ", ".join(f"{p} x{s}" for p, s in SHIPPED) or "none"

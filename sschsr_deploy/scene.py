@@ -1,10 +1,11 @@
-"""One scene's preprocessing: the whole-image part once, then the five model inputs of any window.
+"""One scene's preprocessing: the global part once, streamed, then the five model inputs of any window.
 
 This is the one implementation of the deployment preprocessing (spec sections 2.4, 2.5). :class:`PreparedScene` does
-the global part — the LR cube's min / max (normalisation) and finiteness, the reference's size check, the pseudo-RGB
-bands upsampled and histogram-matched to a degraded copy of the reference — and hands out windows; the C-band bicubic
-upsampling is done per window from an LR crop. :func:`prepare_inputs` is its one-window case (the whole image), so
-the tiled runtime and whole-image callers (training samples, tests) go through the same code and the same checks.
+the global part in row bands — the LR cube's min / max (normalisation), finiteness and float32 range, the reference's
+size check, the distributions of the upsampled pseudo-RGB bands and of a degraded copy of the reference (the
+histogram-matching maps) — and computes any window's inputs on demand from an LR crop and a reference crop, so memory
+does not grow with the scene. :func:`prepare_inputs` is its one-window case (the whole image), so the tiled runtime
+and whole-image callers (training samples, tests) go through the same code and the same checks.
 
 One rule for a reference that is slightly off size: a photo within :data:`REF_SIZE_TOLERANCE` (2 %) of LR size x
 scale is resized to fit with a warning (sensor crops and odd sizes are common); anything further apart is refused.
@@ -13,9 +14,11 @@ The building blocks (normalisation, degradation, histogram matching, validators)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+import mmap
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,8 +37,15 @@ log = logging.getLogger(__name__)
 REF_SIZE_TOLERANCE = 0.02
 #: LR pixels read beyond a window on each side for the per-window bicubic upsampling (the cubic kernel needs 2).
 LR_BORDER = 4
-#: LR rows per chunk in the streaming min / max pass.
-STATS_CHUNK_ROWS = 256
+#: Bytes of LR cube per chunk in the streaming min / max pass.
+STATS_CHUNK_BYTES = 16 * 2**20
+#: HR pixels per row band in the streaming passes over the pseudo-RGB bands and the reference (their float64
+#: temporaries: ~100 bytes per pixel of a band); a scene of at most this size — every scene whose matching is exact
+#: by size (:data:`~sschsr_deploy.preprocess.SKETCH_CAPACITY`) — is one band, the whole image.
+BAND_PIXELS = 2**18
+#: Largest |value| and max - min of an LR cube: float32's largest finite value / 4 (headroom for the network's
+#: overshoot when its output is scaled back by max - min).
+FLOAT32_LIMIT = float(np.finfo(np.float32).max) / 4
 
 
 def match_reference_size(ref: np.ndarray, height: int, width: int, tolerance: float = REF_SIZE_TOLERANCE) -> np.ndarray:
@@ -77,7 +87,26 @@ def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 class PreparedScene:
-    """The whole-image preprocessing of one scene, done once; :meth:`window` returns the five inputs of any window.
+    """The global preprocessing of one scene, streamed; :meth:`window` returns the five inputs of any window.
+
+    Nothing of HR size is kept. Construction makes two streaming passes: the LR cube's min / max (over LR row
+    chunks), then, in row bands of about :data:`BAND_PIXELS` HR pixels, the degraded reference (blurred and decimated
+    from the reference rows the band needs, bicubic-upsampled with an LR border) and the upsampled pseudo-RGB bands,
+    whose per-channel distributions go into :class:`~sschsr_deploy.preprocess.ValueSketch` es. They give the
+    histogram-matching maps (:func:`~sschsr_deploy.preprocess.histogram_matching_map`); a window then upsamples an
+    LR crop (all bands and the pseudo-RGB bands) and maps its pseudo-RGB values, and takes its reference crop.
+
+    Exactness: a scene of at most :data:`BAND_PIXELS` HR pixels is one band (the whole image: the same calls as
+    the whole-image formula), and with at most :data:`~sschsr_deploy.preprocess.SKETCH_CAPACITY` distinct values per
+    channel (every scene up to 512² HR) the matching is scikit-image's, bit for bit. Larger scenes use merged
+    sketches: measured against the exact matching on 1024² and 2048² synthetic scenes, ``hsi_rgb_sr`` moves by at
+    most 2e-5 (rel. L2 ~1e-6) and the ``tiny-x4`` output by ~1e-6; next to a flat no-data region, where the template's
+    quantile function jumps, by up to 1.5e-2 at a few pixels (rel. L2 2.3e-5; output max 1.1e-3, rel. L2 1.6e-5) —
+    ``benchmarks/bench_memory.py --deviation``, docs/runtime.md "Memory and streaming". Per-window upsampling equals
+    the whole-image one bit for bit for scales 2, 4, 8 (within ~3e-6 for scales like 3).
+
+    Memory kept: the reference as given (H x W x 3 in its own dtype: 3 bytes per HR pixel for uint8 — it is
+    decoded whole by the reader) and the three matching maps (at most ~2 x capacity points of 8 bytes each).
 
     Windows are given in padded coordinates: rows / columns beyond the image are reflected back into it (the
     pipeline's padding to a multiple of 8 and to at least 128 px).
@@ -90,6 +119,8 @@ class PreparedScene:
         scale: int,
         rgb_bands: Sequence[int] = preprocess.DEFAULT_BANDS,
         normalize: bool = True,
+        *,
+        sketch_capacity: int = preprocess.SKETCH_CAPACITY,
     ) -> None:
         self.scale = preprocess.check_scale(scale)
         self.lr = lr
@@ -98,33 +129,53 @@ class PreparedScene:
         self.height, self.width = h * self.scale, w * self.scale
         self.rgb_bands = list(preprocess.check_rgb_bands(rgb_bands, c, lr.shape))
         self.normalize = normalize
-        ref = match_reference_size(_check_ref(ref_rgb), self.height, self.width)
+        self.ref = match_reference_size(_check_ref(ref_rgb), self.height, self.width)
         self.lo, self.hi = self._stats()
-        # whole image, three channels: the reference, pseudo-RGB upsampling, histogram matching. The order and the
-        # per-channel matching keep the float64 temporaries few.
-        ref_unit = preprocess.reference_to_unit(ref)
-        self.ref_hr = _chw_f32(ref_unit)
-        self.ref_hr_flow = _chw_f32(ref_unit * 255.0)
-        rgb_lr = preprocess.degrade(ref_unit, self.scale)
-        del ref_unit
-        up_b = preprocess.bicubic_upsample(self._normalized(lr.read(bands=self.rgb_bands)), self.scale)
-        self.hsi_rgb_sr_flow = _chw_f32(255.0 * up_b)
-        src = up_b.astype(np.float32)
-        del up_b
-        self.hsi_rgb_sr = np.empty_like(self.ref_hr)
-        for c in range(3):  # channels are matched independently, so one at a time gives the same result
-            matched = preprocess.match_histograms_per_channel(src[:, :, c:c + 1], rgb_lr[:, :, c:c + 1])
-            self.hsi_rgb_sr[c] = np.clip(matched[:, :, 0], 0.0, 1.0)
-        del src, rgb_lr, matched
+        self.release_pages()
+        source = [preprocess.ValueSketch(sketch_capacity) for _ in range(3)]
+        template = [preprocess.ValueSketch(sketch_capacity) for _ in range(3)]
+        for r0, r1 in self._bands():
+            tmpl = self._template_rows(r0, r1)
+            src = self._rgb_rows(r0, r1).astype(np.float32)
+            for ch in range(3):
+                template[ch].add(tmpl[:, :, ch])
+                source[ch].add(src[:, :, ch])
+            del tmpl, src
+            self.release_pages()
+        #: per channel, the points (upsampled pseudo-RGB value, matched value) of the histogram-matching map, float32:
+        #: the source values are float32 and the matched ones end as float32, so at the points nothing changes
+        self.matching = [
+            tuple(a.astype(np.float32) for a in preprocess.histogram_matching_map(source[ch], template[ch]))
+            for ch in range(3)
+        ]
+        self.matching_exact = all(sk.exact for sk in source + template)
 
+    def release_pages(self) -> None:
+        """Unmap the pages of a memory-mapped LR cube that reads have touched (``madvise(MADV_DONTNEED)``).
+
+        They are clean page cache the kernel could reclaim anyway, but while mapped they count in this process's
+        resident memory, which would then grow with the cube; a later read maps them again from the page cache.
+        Called after the streaming passes and by the pipeline as windows go by. A no-op for other sources.
+        """
+        src = self.lr.source
+        mm = getattr(src, "_mmap", None) if isinstance(src, np.memmap) else None
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                mm.madvise(mmap.MADV_DONTNEED)
+
+    # ------------------------------------------------------------------ the streaming passes
     def _stats(self) -> tuple[float, float]:
-        """Global min and max of the LR cube (float64), read in row chunks; also rejects NaN / inf."""
+        """Global min and max of the LR cube (float64), read in row chunks; rejects NaN / inf and values whose
+        range float32 cannot hold (the network runs in float32 and the output is scaled back by max - min)."""
         lo, hi, bad = math.inf, -math.inf, 0
-        for r0 in range(0, self.lr_height, STATS_CHUNK_ROWS):
-            block = self.lr.read(rows=slice(r0, min(self.lr_height, r0 + STATS_CHUNK_ROWS)))
+        row_bytes = max(1, self.lr_width * self.bands * self.lr.dtype.itemsize)
+        step = max(1, STATS_CHUNK_BYTES // row_bytes)
+        for r0 in range(0, self.lr_height, step):
+            block = self.lr.read(rows=slice(r0, min(self.lr_height, r0 + step)))
             if np.issubdtype(block.dtype, np.floating):
                 finite = np.isfinite(block)
                 n_bad = block.size - int(np.count_nonzero(finite))
+                del finite
                 if n_bad:
                     bad += n_bad
                     continue
@@ -135,11 +186,46 @@ class PreparedScene:
                 f"LR cube contains {bad} non-finite value(s) (NaN or inf); all values must be finite (fill or mask "
                 "dead pixels first)"
             )
+        if max(abs(lo), abs(hi), hi - lo) > FLOAT32_LIMIT:
+            raise InputValidationError(
+                f"LR cube values span [{lo!r}, {hi!r}]: beyond what float32 can hold (values and max - min must stay "
+                f"within {FLOAT32_LIMIT:.3g}, float32's largest value / 4, headroom for the network's overshoot); the "
+                "network runs in float32 and the output would be inf. Rescale the cube (e.g. to reflectance)"
+            )
         if self.normalize and not hi > lo:
             raise InputValidationError(
                 f"LR cube is constant (min == max == {lo!r}): min-max normalisation is impossible"
             )
         return lo, hi
+
+    def _bands(self) -> Iterator[tuple[int, int]]:
+        """LR row bands of about :data:`BAND_PIXELS` HR pixels (the whole image when it is not larger)."""
+        if self.height * self.width <= BAND_PIXELS:
+            yield 0, self.lr_height
+            return
+        step = max(1, BAND_PIXELS // (self.scale * self.width))
+        for r0 in range(0, self.lr_height, step):
+            yield r0, min(self.lr_height, r0 + step)
+
+    def _bordered(self, r0: int, r1: int) -> tuple[int, int]:
+        return max(0, r0 - LR_BORDER), min(self.lr_height, r1 + LR_BORDER)
+
+    def _template_rows(self, r0: int, r1: int) -> np.ndarray:
+        """HR rows ``r0 * s .. r1 * s`` of the degraded reference (the matching template; float64, H x W x 3):
+        blur + decimate from the reference rows the LR rows need, then bicubic with an LR border."""
+        s = self.scale
+        b0, b1 = self._bordered(r0, r1)
+        lr = preprocess.blur_decimate_rows(
+            lambda a, b: preprocess.reference_to_unit(self.ref[a:b]), self.height, s, b0, b1
+        )
+        return preprocess.bicubic_upsample(lr, s)[(r0 - b0) * s:(r1 - b0) * s]
+
+    def _rgb_rows(self, r0: int, r1: int) -> np.ndarray:
+        """HR rows ``r0 * s .. r1 * s`` of the upsampled, normalised pseudo-RGB bands (float64, unclipped)."""
+        s = self.scale
+        b0, b1 = self._bordered(r0, r1)
+        block = self._normalized(self.lr.read(rows=slice(b0, b1), bands=self.rgb_bands))
+        return preprocess.bicubic_upsample(block, s)[(r0 - b0) * s:(r1 - b0) * s]
 
     def _normalized(self, block: np.ndarray) -> np.ndarray:
         x = block.astype(np.float64)
@@ -147,33 +233,39 @@ class PreparedScene:
             return (x - self.lo) / (self.hi - self.lo)  # the formula of preprocess.minmax_normalize
         return x
 
-    def _hsi_window(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Upsampled, clipped C-band cube at HR rows x cols (C x h x w float32) from an LR crop."""
+    # ------------------------------------------------------------------ windows
+    def _upsampled(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The upsampled normalised cube and its pseudo-RGB bands (float64 h x w x C and h x w x 3, unclipped) at HR
+        ``rows`` x ``cols``, from an LR crop with a border; the bands are upsampled apart, as in the sketch pass."""
         s = self.scale
         r_lo, r_hi = int(rows.min()), int(rows.max()) + 1
         c_lo, c_hi = int(cols.min()), int(cols.max()) + 1
         lr_r0, lr_r1 = max(0, r_lo // s - LR_BORDER), min(self.lr_height, -(-r_hi // s) + LR_BORDER)
         lr_c0, lr_c1 = max(0, c_lo // s - LR_BORDER), min(self.lr_width, -(-c_hi // s) + LR_BORDER)
         block = self._normalized(self.lr.read(rows=slice(lr_r0, lr_r1), cols=slice(lr_c0, lr_c1)))
-        up = preprocess.bicubic_upsample(block, s)
-        up = up[np.ix_(rows - lr_r0 * s, cols - lr_c0 * s)]
-        return _chw_f32(np.clip(up, 0.0, 1.0))
+        at = np.ix_(rows - lr_r0 * s, cols - lr_c0 * s)
+        cube = preprocess.bicubic_upsample(block, s)[at]
+        rgb = preprocess.bicubic_upsample(np.ascontiguousarray(block[:, :, self.rgb_bands]), s)[at]
+        return cube, rgb
 
     def window(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, ...]:
         """The five model inputs (float32, C x h x w) for padded rows ``y0 .. y1`` and columns ``x0 .. x1``."""
         rows = _reflect(np.arange(y0, y1), self.height)
         cols = _reflect(np.arange(x0, x1), self.width)
         inside = y1 <= self.height and x1 <= self.width and y0 >= 0 and x0 >= 0
-
-        def take(a: np.ndarray) -> np.ndarray:
-            return a[:, y0:y1, x0:x1] if inside else a[:, rows][:, :, cols]
-
+        cube, rgb = self._upsampled(rows, cols)
+        src = rgb.astype(np.float32)
+        matched = np.empty((3, len(rows), len(cols)), dtype=np.float32)
+        for ch, (xs, mapped) in enumerate(self.matching):
+            matched[ch] = np.clip(np.interp(src[:, :, ch], xs, mapped).astype(np.float32), 0.0, 1.0)
+        ref = self.ref[y0:y1, x0:x1] if inside else self.ref[rows][:, cols]
+        ref_unit = preprocess.reference_to_unit(ref)
         return (
-            self._hsi_window(rows, cols),
-            take(self.hsi_rgb_sr),
-            take(self.ref_hr),
-            take(self.hsi_rgb_sr_flow),
-            take(self.ref_hr_flow),
+            _chw_f32(np.clip(cube, 0.0, 1.0)),
+            matched,
+            _chw_f32(ref_unit),
+            _chw_f32(255.0 * rgb),
+            _chw_f32(ref_unit * 255.0),
         )
 
     def denormalize(self, block: np.ndarray) -> np.ndarray:

@@ -25,10 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputValidationError
+from .errors import CheckpointError, InputValidationError
+from .limits import MAX_BANDS, MAX_SCALE, check_scale
 from .pretrained import SHIPPED
 
-__all__ = ["SHIPPED_NAMES", "ModelMeta", "load_model", "resolve_shipped", "shipped_name"]
+__all__ = [
+    "SHIPPED_NAMES", "ModelMeta", "load_model", "resolve_shipped", "shipped_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def shipped_name(preset: str = "tiny", scale: int | None = None) -> str:
         from .model.presets import get_preset
 
         scale = get_preset(preset).scale
-    return f"{preset}-x{int(scale)}"
+    return f"{preset}-x{check_scale(scale)}"
 
 
 #: Shipped model names -> (preset, scale), from the files listed in :data:`sschsr_deploy.pretrained.SHIPPED`.
@@ -81,7 +84,9 @@ class ModelMeta:
                     raise InputValidationError(f"{source} has no {key!r} in its metadata")
                 value = getattr(defaults, key)
             values[key] = value
-        return cls(**values)
+        meta = cls(**values)
+        _check_rgb_bands(meta, source)
+        return meta
 
     @classmethod
     def read(cls, meta: Mapping[str, str], key: str, source: str) -> Any:
@@ -113,7 +118,7 @@ class ModelMeta:
 def _parse(key: str, raw: str) -> Any:
     if key in ("scale", "bands"):
         value = int(raw)
-        if value < 1:
+        if value < 1 or value > (MAX_SCALE if key == "scale" else MAX_BANDS):
             raise ValueError(raw)
         return value
     if key == "rgb_bands":
@@ -126,6 +131,12 @@ def _parse(key: str, raw: str) -> Any:
     if key == "preset" and not raw:
         raise ValueError(raw)
     return raw
+
+
+def _check_rgb_bands(meta: ModelMeta, source: str) -> None:
+    if not all(0 <= b < meta.bands for b in meta.rgb_bands):
+        raise InputValidationError(f"{source}: pseudo-RGB bands {meta.rgb_bands} do not exist in a {meta.bands}-band "
+                                   "cube")
 
 
 def resolve_shipped(name: str) -> Path:
@@ -190,9 +201,11 @@ def load_model(
     against the file's metadata. ``info`` holds the :class:`ModelMeta` fields, ``weights`` (file name or
     ``"random"``), ``weights_sha256`` (of the tensors), ``weights_file_sha256`` and ``random_weights``.
     """
-    from .checkpoint import load_into, load_official_checkpoint, load_safetensors, state_dict_sha256
+    from .checkpoint import check_finite, load_into, load_official_checkpoint, load_safetensors, state_dict_sha256
     from .io.atomic import file_sha256
 
+    if scale is not None:
+        scale = check_scale(scale)
     requested = {"scale": scale, "bands": bands, "rgb_bands": rgb_bands}
     name = os.fspath(source)
     preset: str | None = None
@@ -233,6 +246,10 @@ def load_model(
             if (preset or file_meta.get("preset")) else None
         meta = ModelMeta.from_metadata(file_meta, source_label, defaults)
         meta.check(source_label, preset=preset, batchnorm_mode=batchnorm_mode, **requested)
+        have = _checkpoint_bands(sd)
+        if have is not None and have != meta.bands:  # before building a model of the metadata's size
+            raise CheckpointError(f"{source_label}: its metadata says {meta.bands} bands but its tensors are for "
+                                  f"{have}; the file is damaged or was edited")
     else:
         sd = load_official_checkpoint(path)
         meta = _meta_from_args(_preset_meta(preset or "official", batchnorm_mode), requested)
@@ -241,6 +258,7 @@ def load_model(
             raise InputValidationError(
                 f"{source_label} holds a {have}-band model, but {meta.bands} bands were requested (pass bands={have})"
             )
+    check_finite(sd, source_label)  # NaN / inf weights would make every output NaN
     model = _build(meta, None)
     load_into(model, sd, strict=True)
     # weights_sha256 names the tensors (like ONNX metadata and engine sidecars), so the same weights carry the same
@@ -251,12 +269,20 @@ def load_model(
 
 
 def _meta_from_args(defaults: ModelMeta, requested: Mapping[str, Any]) -> ModelMeta:
-    fields = {k: (tuple(int(b) for b in v) if k == "rgb_bands" else int(v)) for k, v in requested.items()
-              if v is not None}
+    try:
+        fields = {k: (tuple(int(b) for b in v) if k == "rgb_bands" else int(v)) for k, v in requested.items()
+                  if v is not None}
+    except (TypeError, ValueError, OverflowError):
+        raise InputValidationError(f"bands / rgb_bands must be integers; got {dict(requested)!r}") from None
+    if "rgb_bands" in fields and len(fields["rgb_bands"]) != 3:
+        raise InputValidationError(f"rgb_bands must be three band indices; got {fields['rgb_bands']}")
+    if "bands" in fields and not 1 <= fields["bands"] <= MAX_BANDS:
+        raise InputValidationError(f"bands must be an integer from 1 to {MAX_BANDS}; got {fields['bands']}")
     meta = replace(defaults, **fields)
     if meta.bands != defaults.bands and "rgb_bands" not in fields and max(meta.rgb_bands) >= meta.bands:
         raise InputValidationError(f"pseudo-RGB bands {meta.rgb_bands} do not exist in a {meta.bands}-band cube: "
                                    "pass rgb_bands")
+    _check_rgb_bands(meta, "the requested model")
     return meta
 
 

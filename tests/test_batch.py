@@ -11,7 +11,8 @@ import pytest
 
 from sschsr_deploy.batch import SceneJob, as_jobs, is_complete, jobs_from_folders, jobs_from_manifest, run_scenes
 from sschsr_deploy.errors import InputValidationError
-from sschsr_deploy.io.atomic import sidecar_path, write_sidecar
+from sschsr_deploy.io.atomic import sidecar_path
+from sschsr_deploy.io.hsi import HSIWriter
 
 
 class FakePipeline:
@@ -27,9 +28,9 @@ class FakePipeline:
             raise InputValidationError(f"{hsi}: the cube has 30 bands but the model expects 31")
         if "boom" in Path(hsi).name:
             raise RuntimeError("a bug")
-        np.save(out, np.zeros((2, 2, 1), np.float32))
-        write_sidecar(out, {"output_bytes": Path(out).stat().st_size})
-        return Path(out)
+        with HSIWriter(out, (2, 2, 1)) as writer:  # output + sidecar committed together, as run_files does
+            writer.write(np.ones((2, 2, 1), np.float32))
+            return writer.commit(sidecar={"scene": Path(hsi).name})
 
 
 def _scenes(tmp_path: Path, names: list[str]) -> tuple[Path, Path, Path]:
@@ -99,8 +100,8 @@ def test_resume_skips_complete_outputs_only(tmp_path):
     assert run_scenes(pipe, jobs[:1], progress=False).ok
     assert is_complete(out / "a.npy")
     np.save(out / "b.npy", np.zeros(3))  # an output without its sidecar: not complete
-    np.save(out / "c.npy", np.zeros(3))
-    write_sidecar(out / "c.npy", {"output_bytes": 1})  # a sidecar of another file of that name: not complete
+    np.save(out / "c.npy", np.zeros(3))  # a sidecar whose size does not match (a killed commit): not complete
+    sidecar_path(out / "c.npy").write_text(sidecar_path(out / "a.npy").read_text().replace('"a.npy"', '"c.npy"'))
     pipe = FakePipeline()
     summary = run_scenes(pipe, jobs, progress=False)
     assert [s["status"] for s in summary.scenes] == ["skipped", "done", "done"]

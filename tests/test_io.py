@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -23,6 +24,7 @@ from sschsr_deploy.io import (
     write_rgb,
     write_sidecar,
 )
+from sschsr_deploy.io.atomic import verify_sidecar
 
 FORMATS = [("npy", ".npy"), ("npz", ".npz"), ("mat", ".mat"), ("mat73", ".mat"), ("h5", ".h5"),
            ("envi", ".img"), ("envi", ".hdr"), ("tiff", ".tif")]
@@ -220,6 +222,67 @@ def test_sidecar(tmp_path, cube):
 
     meta = json.loads(side.read_text())
     assert meta["output"] == "o.npy" and meta["backend"] == "torch" and "package_version" in meta
+    assert verify_sidecar(out) == [] and meta["output_files"][0]["bytes"] == out.stat().st_size
+
+
+def test_commit_writes_output_and_sidecar_together(tmp_path, cube):
+    out = tmp_path / "o.img"  # ENVI: two files, data renamed before header, the sidecar last
+    with HSIWriter(out, cube.shape, format="envi") as w:
+        w.write(cube)
+        w.commit(sidecar={"backend": "torch"})
+    assert sorted(os.listdir(tmp_path)) == ["o.hdr", "o.img", "o.img.json"]
+    import json
+
+    meta = json.loads(sidecar_path(out).read_text())
+    assert [f["name"] for f in meta["output_files"]] == ["o.img", "o.hdr"] and len(meta["run_id"]) == 32
+    assert verify_sidecar(out) == []
+    (tmp_path / "o.hdr").write_text((tmp_path / "o.hdr").read_text() + "\n")
+    assert verify_sidecar(out) == ["o.hdr does not match o.img.json (another run's output or sidecar)"]
+
+
+@pytest.mark.parametrize("layout", ["hwc", "chw"])
+def test_written_through_files_are_byte_identical_to_the_libraries(tmp_path, cube, layout):
+    """npy / TIFF / ENVI are written with pwrite into a preallocated file; the bytes are what np.save and
+    tifffile.memmap (the former writers) produce; HDF5's reservation is cut off again."""
+    import tifffile
+
+    import sschsr_deploy.io.hdf5 as hdf5_module
+
+    disk = np.ascontiguousarray(cube if layout == "hwc" else cube.transpose(2, 0, 1))
+    write_hsi(tmp_path / "a.npy", cube, layout=layout)
+    np.save(tmp_path / "b.npy", disk)
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    write_hsi(tmp_path / "a.tif", cube, layout=layout)
+    m = tifffile.memmap(tmp_path / "b.tif", shape=disk.shape, dtype=disk.dtype, photometric="minisblack",
+                        planarconfig="contig" if layout == "hwc" else "separate")
+    m[:] = disk
+    m.flush()
+    del m
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    write_hsi(tmp_path / "a.img", cube, layout=layout)
+    assert (tmp_path / "a.img").read_bytes() == disk.astype("<f4").tobytes()
+    write_hsi(tmp_path / "a.h5", cube, layout=layout)
+    real = hdf5_module.reserve_space
+    hdf5_module.reserve_space = lambda *a: None
+    try:
+        write_hsi(tmp_path / "b.h5", cube, layout=layout)
+    finally:
+        hdf5_module.reserve_space = real
+    assert (tmp_path / "a.h5").read_bytes() == (tmp_path / "b.h5").read_bytes()
+
+
+@pytest.mark.parametrize("fmt,ext", [("npy", ".npy"), ("tiff", ".tif"), ("envi", ".img"), ("npz", ".npz")])
+def test_writers_reserve_the_space_and_do_not_map_the_output(tmp_path, cube, fmt, ext):
+    # a memory map of a sparse file is what turned a full disk into SIGBUS (issue #22)
+    with HSIWriter(tmp_path / f"o{ext}", cube.shape, format=fmt) as w:
+        w.write_rows(0, cube[:5])
+        (tmp,) = [p for p in tmp_path.iterdir() if ".partial" in p.name]
+        st = tmp.stat()
+        assert st.st_blocks * 512 >= cube.nbytes  # allocated, not sparse
+        maps = Path("/proc/self/maps")
+        assert not maps.exists() or str(tmp) not in maps.read_text()
+        w.write_rows(5, cube[5:])
+    np.testing.assert_array_equal(load_hsi(tmp_path / f"o{ext}"), cube)
 
 
 # ------------------------------------------------------------------ RGB

@@ -7,14 +7,14 @@ and aliases, mapped to the model's keys), :mod:`.loading` (copying a state dict 
 :mod:`.common` (helpers they share).
 
 Public API: :func:`safe_torch_load`, :func:`read_checkpoint`, :func:`map_state_dict`, :func:`load_official_checkpoint`,
-:func:`load_into` (+ :class:`LoadReport`), :func:`save_safetensors`, :func:`load_safetensors`,
+:func:`load_into` (+ :class:`LoadReport`), :func:`check_finite`, :func:`save_safetensors`, :func:`load_safetensors`,
 :func:`state_dict_sha256`.
 """
 
 from .digest import state_dict_sha256
 from .files import load_official_checkpoint, read_checkpoint
 from .keys import KINDS, OFFICIAL_TOP_LEVEL, alias_partner, map_state_dict, official_aliases, official_keys
-from .loading import LoadReport, load_into
+from .loading import LoadReport, check_finite, load_into
 from .safetensors_io import load_safetensors, save_safetensors
 from .unpickle import UnknownObject, safe_torch_load
 
@@ -24,6 +24,7 @@ __all__ = [
     "LoadReport",
     "UnknownObject",
     "alias_partner",
+    "check_finite",
     "load_into",
     "load_official_checkpoint",
     "load_safetensors",

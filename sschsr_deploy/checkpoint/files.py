@@ -5,7 +5,6 @@ what the file holds (torchlight engine checkpoints, common wrappers, bare state 
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from sschsr_deploy.errors import CheckpointError
 from .common import PathLike, _explain
 from .keys import map_state_dict
 from .safetensors_io import load_safetensors
-from .unpickle import safe_torch_load
+from .unpickle import check_zip_records, safe_torch_load
 
 __all__ = ["load_official_checkpoint", "read_checkpoint"]
 
@@ -38,8 +37,11 @@ def _sniff(path: Path) -> str:
         return "safetensors"
     if head[:1] == b"\x80" and len(head) > 1 and head[1] <= pickle.HIGHEST_PROTOCOL:
         return "legacy"
-    if head[257:262] == b"ustar":
-        return "legacy"  # pre-0.4 tar format, handled by torch's legacy loader
+    if head[257:262] == b"ustar":  # torch's reader of this format sizes storages by a header field, unchecked
+        raise CheckpointError(
+            f"{path}: is a pre-0.4 PyTorch tar-format checkpoint, which is not supported: load it with an old torch "
+            "and save it again with torch.save"
+        )
     raise CheckpointError(
         f"{path}: not a PyTorch (.pth/.pt) or safetensors checkpoint (unrecognised file signature {head[:8]!r})"
     )
@@ -47,11 +49,7 @@ def _sniff(path: Path) -> str:
 
 def _check_zip(path: Path) -> None:
     """Catch a cut or damaged archive with a clear message, and refuse TorchScript archives (not checkpoints)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path}: zip-format torch checkpoint is truncated or corrupt ({exc})") from exc
+    names = check_zip_records(path)
     if any(name.endswith("/constants.pkl") for name in names):
         raise CheckpointError(f"{path}: is a TorchScript archive (torch.jit.save), not a weights checkpoint")
     if not any(name.endswith("data.pkl") for name in names):

@@ -16,7 +16,7 @@ from .common import _SHOW, PathLike, _as_tensor, _same_values
 from .files import load_official_checkpoint
 from .keys import _strip_common_prefixes, _with_prefix, alias_partner
 
-__all__ = ["LoadReport", "load_into"]
+__all__ = ["LoadReport", "check_finite", "load_into"]
 
 
 @dataclass
@@ -57,6 +57,24 @@ class LoadReport:
         )
         details = self.problems()
         return f"{head}\n{details}" if details else head
+
+
+def check_finite(sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Refuse weights holding NaN or infinity: they make every output NaN, which would otherwise only show as a
+    warning about the output. The message counts the values and names the first tensors holding them."""
+    bad: list[tuple[str, int]] = []
+    for key, tensor in sd.items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            count = int(tensor.numel() - torch.isfinite(tensor).sum())
+            if count:
+                bad.append((key, count))
+    if bad:
+        total = sum(c for _, c in bad)
+        names = _first([f"{k} ({c})" for k, c in bad], _SHOW)
+        raise CheckpointError(
+            f"{source} holds {total} non-finite weight values (NaN or infinity) in {len(bad)} tensors: {names}; "
+            "the weights are corrupt (a diverged training run or a damaged file): use another checkpoint"
+        )
 
 
 def _first(items: list[str], limit: int) -> str:
@@ -190,6 +208,7 @@ def load_into(model: torch.nn.Module, sd: Mapping[str, Any] | PathLike, strict: 
 
     if strict and not report.ok:
         raise CheckpointError(f"checkpoint does not match the model:\n{report.problems()}")
+    check_finite(to_load)
     try:
         with torch.no_grad():
             model.load_state_dict(to_load, strict=False)

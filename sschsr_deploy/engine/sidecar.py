@@ -137,11 +137,54 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         data = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise EngineCompatibilityError(f"{p} is not a readable JSON sidecar: {exc}") from exc
+    except (OSError, ValueError, RecursionError, MemoryError) as exc:  # ValueError includes UnicodeDecodeError
+        raise EngineCompatibilityError(
+            f"{p} is not a readable JSON sidecar: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        ) from None
     if not isinstance(data, dict) or "format" not in data:
         raise EngineCompatibilityError(f"{p} is not an engine sidecar (no 'format' key)")
+    problems = _schema_problems(data)
+    if problems:
+        raise EngineCompatibilityError(
+            f"{p} is a damaged engine sidecar ({'; '.join(problems[:5])}); rebuild the engine with "
+            "export/build_engine.py"
+        )
     return data
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _is_range(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   and v >= 1 for v in value)
+            and value[0] <= value[1] <= value[2])
+
+
+def _schema_problems(data: Mapping[str, Any]) -> list[str]:
+    """What in a sidecar has the wrong type: everything read from it later (compatibility checks, the backend's
+    input limits) then sees the types it expects, so a damaged file is refused here with one clear message."""
+    problems = []
+    if not isinstance(data.get("format"), int) or isinstance(data.get("format"), bool):
+        problems.append(f"format {data.get('format')!r} is not an integer")
+    for key in ("onnx_sha256", "engine_sha256", "tensorrt_version", "gpu_name", "compute_capability"):
+        if key in data and not isinstance(data[key], str | None):
+            problems.append(f"{key} is a {type(data[key]).__name__}, not a string")
+    for key in ("onnx", "plugins"):
+        if data.get(key) is not None and not _is_str_map(data[key]):
+            problems.append(f"{key!r} is not a map of strings")
+    build = data.get("build")
+    if build is not None and not isinstance(build, dict):
+        problems.append("'build' is not a map")
+    elif build:
+        profiles = build.get("batch_profiles")
+        if profiles is not None and not (isinstance(profiles, list) and all(_is_range(r) for r in profiles)):
+            problems.append("build.batch_profiles is not a list of [min, opt, max] batch sizes")
+        dims = build.get("dims")
+        if dims is not None and not (isinstance(dims, dict) and all(_is_range(r) for r in dims.values())):
+            problems.append("build.dims is not a map of [min, opt, max] sizes")
+    return problems
 
 
 def _short(h: str | None) -> str:

@@ -138,8 +138,13 @@ class HSICube:
         index[self.perm[0]], index[self.perm[1]], index[self.perm[2]] = rows, cols, bsl
         try:
             block = np.asarray(self._src[tuple(index)])
-        except (OSError, ValueError) as exc:
-            raise InputValidationError(f"cannot read {self._name()}: {exc} (truncated or corrupt file?)") from exc
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+            # h5py raises all of these on damaged files; from arrays and memory maps only OSError / ValueError are
+            if not isinstance(exc, (OSError, ValueError)) and not type(self._src).__module__.startswith("h5py"):
+                raise
+            raise InputValidationError(
+                f"cannot read {self._name()}: {type(exc).__name__}: {exc} (truncated or corrupt file?)"
+            ) from exc
         block = block.transpose(self.perm)
         if select is not None:
             block = block[:, :, select]

@@ -4,13 +4,13 @@ either byte order), written as bip (``layout="hwc"``) or bsq (``"chw"``), little
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
-from sschsr_deploy.io.atomic import commit
 from sschsr_deploy.io.cube import HSICube, _require_file
 from sschsr_deploy.io.sink import RowSink
 
@@ -28,7 +28,8 @@ def _parse_envi_header(text: str, path: Path) -> dict[str, str]:
         raise InputValidationError(f"{path} is not an ENVI header (the first line must be 'ENVI')")
     out: dict[str, str] = {}
     body = "\n".join(lines[1:])
-    for m in re.finditer(r"^\s*([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)", body, flags=re.MULTILINE):
+    # [ \t]*, not \s*: an empty value ("header offset =") must not swallow the next line
+    for m in re.finditer(r"^[ \t]*([^=\n]+?)[ \t]*=[ \t]*(\{[^}]*\}|[^\n]*)", body, flags=re.MULTILINE):
         out[m.group(1).strip().lower()] = m.group(2).strip()
     return out
 
@@ -54,43 +55,131 @@ def _envi_paths(path: Path) -> tuple[Path, Path]:
 
 
 def read_envi(path: Path, variable: str | None, layout: str | None, bands: int | None) -> HSICube:
-    """An ENVI file given by its header or data file, as a memory map (``variable`` does not apply)."""
+    """An ENVI file given by its header or data file, as a memory map (``variable`` does not apply).
+
+    The header is checked against the data, since a wrong header would otherwise run on garbage: the data file's size
+    must be exactly what the header describes, and a sample of the values must be plausible for the declared data type
+    and byte order (:func:`_check_plausible`)."""
     header, data = _envi_paths(path)
     _require_file(data)
     hdr = _parse_envi_header(header.read_text(errors="replace"), header)
     try:
         samples, lines, nbands = int(hdr["samples"]), int(hdr["lines"]), int(hdr["bands"])
         code = int(hdr["data type"])
+        offset = int(hdr.get("header offset") or 0)
     except KeyError as exc:
         raise InputValidationError(f"ENVI header {header} lacks the required field {exc.args[0]!r}") from None
     except ValueError as exc:
         raise InputValidationError(f"ENVI header {header} has a malformed number: {exc}") from None
+    for field, value in (("samples", samples), ("lines", lines), ("bands", nbands)):
+        if value < 1:
+            raise InputValidationError(f"ENVI header {header}: {field} = {value} (must be at least 1)")
+    if offset < 0:
+        raise InputValidationError(f"ENVI header {header}: header offset = {offset} (must be 0 or more)")
     if code not in _ENVI_DTYPES:
         raise InputValidationError(f"ENVI header {header}: unsupported data type {code}")
     interleave = hdr.get("interleave", "bsq").lower()
-    order = ">" if hdr.get("byte order", "0").strip() == "1" else "<"
-    offset = int(hdr.get("header offset", "0") or 0)
-    dtype = np.dtype(order + _ENVI_DTYPES[code])
+    byte_order = hdr.get("byte order", "0").strip() or "0"
+    if byte_order not in ("0", "1"):
+        raise InputValidationError(f"ENVI header {header}: byte order = {byte_order!r} (must be 0 or 1)")
+    dtype = np.dtype((">" if byte_order == "1" else "<") + _ENVI_DTYPES[code])
     shapes = {"bsq": (nbands, lines, samples), "bil": (lines, nbands, samples), "bip": (lines, samples, nbands)}
     perms = {"bsq": (1, 2, 0), "bil": (0, 2, 1), "bip": (0, 1, 2)}
     if interleave not in shapes:
         raise InputValidationError(f"ENVI header {header}: unknown interleave {interleave!r} (bsq, bil or bip)")
     need = offset + samples * lines * nbands * dtype.itemsize
     have = data.stat().st_size
-    if have < need:
+    if have != need:
+        what = "truncated" if have < need else "larger than its header describes"
         raise InputValidationError(
-            f"ENVI data file {data} is truncated: {have} bytes, the header describes {need} bytes "
-            f"({lines} lines x {samples} samples x {nbands} bands of {dtype.name})"
+            f"ENVI data file {data} is {what}: {have} bytes, the header {header.name} describes {need} bytes "
+            f"(header offset {offset} + {lines} lines x {samples} samples x {nbands} bands of {dtype.name}); "
+            "check the header's samples, lines, bands, data type and header offset"
         )
     arr = np.memmap(data, dtype=dtype, mode="r", offset=offset, shape=shapes[interleave])
+    _check_plausible(arr.reshape(-1), code, header, data)
     lay = "chw" if interleave == "bsq" else "hwc"
     if layout is not None and layout != lay and interleave != "bil":
         log.warning("ignoring layout=%r for %s: the ENVI header says interleave = %s", layout, data, interleave)
     return HSICube(arr, perms[interleave], path=data, format="envi", layout=interleave, lazy=True)
 
 
+_SAMPLE = 4096  # values sampled (evenly spread over the file) by the plausibility check
+
+
+def _float_share(values: np.ndarray, lo: float, hi: float) -> tuple[int, float]:
+    """(how many of ``values`` are non-zero and not NaN, the share of those whose magnitude lies in [lo, hi])."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        a = np.abs(values.astype(np.float64))
+    counted = (a != 0) & ~np.isnan(a)
+    n = int(counted.sum())
+    return n, float(((a >= lo) & (a <= hi) & counted).sum() / n) if n else 0.0
+
+
+def _pairs_as(flat: np.ndarray, at: np.ndarray, kind: str) -> np.ndarray:
+    """The values of type ``kind`` (twice the item size) that ``flat[at]``, ``flat[at + 1]`` make together (in the
+    file's byte order)."""
+    two = np.ascontiguousarray(np.stack([np.asarray(flat[at]), np.asarray(flat[at + 1])], axis=1))
+    return two.view((">" if flat.dtype.byteorder == ">" else "<") + kind)[:, 0]
+
+
+def _check_plausible(flat: np.ndarray, code: int, header: Path, data: Path) -> None:
+    """Refuse data that cannot be what the header's data type and byte order say (a wrong header runs on garbage).
+
+    Floats: the non-zero, non-NaN values of measured data lie within 1e-20 .. 1e20; float data read in the wrong byte
+    order, or integers read as floats, spread over the whole exponent range (subnormal, inf, 1e±38): refused when more
+    than 20 % of a sample lie outside. The wrong float width: float64 values whose halves are 99 % float32 within
+    1e-10 .. 1e10, and under 10 % zero (float64 halves are mantissa noise, or zero for round values); float32 values
+    whose pairs make 99 % such float64 (a measured float32 would have to be near 3e38). Integers over float data: 4- and
+    8-byte integers whose bytes, read as floats of the same size, are 99 % within 1e-10 .. 1e10 (measured integers
+    would have to be all near 2**30 or 2**62); 2-byte integers whose pairs read as such float32, while the pairs
+    shifted by one value do not (the low halves of floats are noise; measured integers look alike in both pairings).
+    Each decision needs 64 non-zero values in the sample.
+    """
+    n = flat.shape[0]
+    dtype = flat.dtype
+    idx = np.unique(np.linspace(0, n - 1, min(n, _SAMPLE)).astype(np.int64))
+    vals = np.asarray(flat[idx])
+    declared = f"data type = {code} ({dtype.name}, {'big' if dtype.byteorder == '>' else 'little'}-endian)"
+    fix = f"check 'data type', 'byte order' and 'interleave' in {header}"
+    order = ">" if dtype.byteorder == ">" else "<"
+    like: str | None = None
+    if dtype.kind == "f":
+        counted, ok = _float_share(vals, 1e-20, 1e20)
+        if counted >= 64 and ok < 0.8:
+            raise InputValidationError(
+                f"ENVI data file {data} does not hold the {declared} its header says: {100 * (1 - ok):.0f}% of "
+                f"sampled values are inf, subnormal or beyond 1e+-20; {fix}"
+            )
+        if dtype.itemsize == 8:  # float32 data: both halves of each value are plausible float32 (and rarely 0)
+            halves = vals.view(order + "f4")
+            counted, ok = _float_share(halves, 1e-10, 1e10)
+            if counted >= 64 and ok >= 0.99 and np.count_nonzero(halves == 0) < 0.1 * halves.size:
+                like = "float32"
+        elif n >= 4:  # float64 data: pairs of values make plausible float64
+            start = idx[idx <= n - 2] & ~np.int64(1)
+            counted, ok = _float_share(_pairs_as(flat, start, "f8"), 1e-10, 1e10)
+            if counted >= 64 and ok >= 0.99:
+                like = "float64"
+    elif dtype.itemsize in (4, 8):
+        as_float = vals.view(order + f"f{dtype.itemsize}")
+        counted, ok = _float_share(as_float, 1e-10, 1e10)
+        if counted >= 64 and ok >= 0.99:
+            like = f"float{8 * dtype.itemsize}"
+    elif dtype.itemsize == 2 and n >= 4:
+        start = idx[idx <= n - 3] & ~np.int64(1)  # even positions: pairs aligned with the data start
+        counted, ok = _float_share(_pairs_as(flat, start, "f4"), 1e-10, 1e10)
+        _, ok_shifted = _float_share(_pairs_as(flat, start + 1, "f4"), 1e-10, 1e10)
+        if counted >= 64 and ok >= 0.99 and ok_shifted < 0.5:
+            like = "float32"
+    if like:
+        raise InputValidationError(
+            f"ENVI data file {data} holds {like} values, not the {declared} its header says; {fix}"
+        )
+
+
 class EnviSink(RowSink):
-    """Writes the raw data file as a memory map, then its header."""
+    """Writes the raw data file (little-endian, written through), then its header; the header is renamed last."""
 
     def targets(self) -> tuple[Path, Path]:
         """(header, data) of the output, named by either."""
@@ -100,20 +189,20 @@ class EnviSink(RowSink):
 
     def open(self) -> None:
         header, data = self.targets()
-        self.buffer = self.temp(data)
-        dt = self.dtype.newbyteorder("<")
         if self.dtype.str[1:] not in _ENVI_CODES:
             raise InputValidationError(f"ENVI cannot store dtype {self.dtype}")
-        self.arr = np.memmap(self.buffer, dtype=dt, mode="w+", shape=self.disk_shape)
+        self.file_dtype = self.dtype.newbyteorder("<")
+        self.open_raw(data)
 
-    def commit(self) -> None:
-        self.arr.flush()
-        self.arr = None
+    def finish(self) -> list[tuple[Path, Path]]:
+        self._close_fd(sync=True)
         header, data = self.targets()
         hdr_tmp = self.temp(header)
-        hdr_tmp.write_text(self.header_text())
-        commit(self.buffer, data)
-        commit(hdr_tmp, header)  # the header last: a data file without header is not a usable output
+        with open(hdr_tmp, "w") as f:
+            f.write(self.header_text())
+            f.flush()
+            os.fsync(f.fileno())
+        return [(self.buffer, data), (hdr_tmp, header)]  # the header last: data without a header is no output
 
     def header_text(self) -> str:
         h, w, c = self.shape_hwc

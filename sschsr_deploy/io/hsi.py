@@ -8,7 +8,7 @@ format     reader                                     lazy?
 ========== ========================================== =====================================================
 npy        ``np.load(mmap_mode="r")``                 yes (memory map)
 npz        ``np.load`` (zip members)                  no: the selected array is loaded
-mat (v5)   ``scipy.io.loadmat``                       no: the selected variable is loaded
+mat (v5)   ``scipy.io.loadmat`` in a child process    no: the selected variable is loaded
 mat73      ``h5py`` (MATLAB v7.3 is HDF5)             yes (HDF5 dataset; MATLAB's column-major axes undone)
 h5         ``h5py``                                   yes (HDF5 dataset)
 envi       header parsed here, data ``np.memmap``     yes (memory map; bsq, bil and bip interleaves)
@@ -19,10 +19,11 @@ Band order: ENVI's interleave and TIFF's sample axis say it; otherwise it is giv
 detected with :func:`detect_layout` (the axis equal to the model's band count, else a clearly smallest first or last
 axis), and an ambiguous shape raises :class:`~sschsr_deploy.errors.InputValidationError` asking for the layout.
 
-Writing goes through :class:`HSIWriter`, which streams rows into a temp file beside the target (memory-mapped .npy /
-ENVI / TIFF, HDF5 datasets for .h5 and MAT v7.3) and renames it into place only when complete (see
-:mod:`sschsr_deploy.io.atomic`). .npz and MAT v5 cannot be written in pieces: their rows are buffered in a temp .npy
-memory map and the whole array is written at commit (so these two formats need the output in memory once).
+Writing goes through :class:`HSIWriter`, which streams rows into a temp file beside the target (written through with
+``pwrite`` into a preallocated file for .npy / ENVI / TIFF, HDF5 datasets for .h5 and MAT v7.3) and renames it into
+place, with its sidecar, only when complete (see :mod:`sschsr_deploy.io.atomic`). .npz and MAT v5 cannot be written in
+pieces: their rows are buffered in a temp .npy and the whole array is written at commit (so these two formats need the
+output in memory once and twice its size on disk).
 
 One module per format holds its reader and writer (:mod:`.npy` for npy/npz, :mod:`.hdf5`, :mod:`.mat` for MAT v5 and
 v7.3, :mod:`.envi`, :mod:`.tiff`); the cube view and band order are in :mod:`.cube`, the writers' shared row sink in
@@ -32,6 +33,7 @@ points.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,9 +43,21 @@ import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io import envi, hdf5, mat, npy, tiff
-from sschsr_deploy.io.atomic import _remove_quietly, check_writable, temp_path_for
+from sschsr_deploy.io.atomic import (
+    _remove_quietly,
+    check_writable,
+    clean_stale_temps,
+    commit_files,
+    describe_files,
+    sidecar_meta,
+    sidecar_path,
+    temp_path_for,
+    write_json_file,
+)
 from sschsr_deploy.io.cube import LAYOUTS, HSICube, _check_layout, _require_file, as_cube, detect_layout
+from sschsr_deploy.io.signals import deferred_signals, fault_point, terminate_on_signals
 from sschsr_deploy.io.sink import RowSink
+from sschsr_deploy.io.space import check_space
 
 __all__ = [
     "EXTENSIONS",
@@ -52,6 +66,7 @@ __all__ = [
     "HSICube",
     "HSIWriter",
     "as_cube",
+    "check_output_space",
     "detect_layout",
     "format_from_path",
     "list_variables",
@@ -177,12 +192,36 @@ def list_variables(path: PathLike) -> dict[str, tuple[int, ...]]:
 # writer
 
 
+def _make_sink(path: Path, shape_hwc: tuple[int, int, int], dtype: np.dtype, format: str | None, layout: str,
+               variable: str, temp: Any) -> RowSink:
+    fmt = format_from_path(path, format)
+    return _SINKS[fmt](path, shape_hwc, dtype, _check_layout(layout) or "hwc", variable, temp)
+
+
+def check_output_space(path: PathLike, shape_hwc: Sequence[int], dtype: Any = np.float32, *, format: str | None = None,
+                       layout: str = "hwc") -> int:
+    """Raise :class:`~sschsr_deploy.errors.OutputSpaceError` unless an H x W x C output in ``format`` fits beside
+    ``path`` (free space and file size limit); returns the bytes it needs. Cheap: for before a run's compute."""
+    p = Path(path)
+    h, w, c = (int(v) for v in shape_hwc)
+    sink = _make_sink(p, (h, w, c), np.dtype(dtype), format, layout, "hsi", temp_path_for)
+    need = sink.space_needed()
+    check_space(p, need)
+    return need
+
+
 class HSIWriter:
     """Stream an H x W x C cube into a file, atomically: rows go to a temp file that replaces ``path`` on commit.
 
     Use as a context manager (commits on success, deletes the temp file on any exception) or call :meth:`commit` /
     :meth:`abort`. ``layout`` is the on-disk band order (``"hwc"`` or ``"chw"``; ENVI: bip / bsq; TIFF: contiguous
     samples / planar). ``variable`` names the array in .npz / .mat / .h5 files.
+
+    Opening removes stale temp files of dead runs beside ``path``, checks the free space (``OutputSpaceError``) and
+    reserves the file's size. While the writer is open, SIGTERM / SIGHUP raise
+    :class:`~sschsr_deploy.io.signals.Terminated` in the main thread if they still have their default action, so the
+    temp files are removed (see :mod:`sschsr_deploy.io.atomic`). :meth:`commit` with ``sidecar`` renames the output and
+    its JSON sidecar together.
     """
 
     def __init__(
@@ -202,12 +241,18 @@ class HSIWriter:
         self.dtype = np.dtype(dtype)
         h, w, c = (int(s) for s in shape_hwc)
         self.shape_hwc = (h, w, c)
-        self._sink = _SINKS[self.format](self.path, self.shape_hwc, self.dtype, self.layout, variable, self._temp)
+        self._sink = _make_sink(self.path, self.shape_hwc, self.dtype, self.format, self.layout, variable, self._temp)
         self.disk_shape = self._sink.disk_shape
         self._temps: list[Path] = []
+        self._pairs: list[tuple[Path, Path]] | None = None
         self._done = False
+        self.committed = False  # True once the output (and sidecar) are in place, even if a signal then interrupts
         self._rows_written = 0
+        self._signals = contextlib.ExitStack()
+        clean_stale_temps(self.path.parent)
+        check_space(self.path, self._sink.space_needed())
         try:
+            self._signals.enter_context(terminate_on_signals())
             self._sink.open()
         except BaseException:
             self.abort()
@@ -222,14 +267,16 @@ class HSIWriter:
     # -- writing
     def write_rows(self, y0: int, block_hwc: np.ndarray) -> None:
         """Write rows ``y0 .. y0 + n`` (all columns) from an n x W x C block."""
-        if self._done:
-            raise RuntimeError("HSIWriter is already committed or aborted")
+        if self._done or self._pairs is not None:
+            raise RuntimeError("HSIWriter is already finished, committed or aborted")
         h, w, c = self.shape_hwc
         block = np.asarray(block_hwc)
         n = block.shape[0]
         if block.shape[1:] != (w, c) or y0 < 0 or y0 + n > h:
             raise ValueError(f"block of shape {block.shape} at row {y0} does not fit an output of {self.shape_hwc}")
         self._sink.store(y0, block.astype(self.dtype, copy=False))
+        if not self._rows_written:
+            fault_point("writing")
         self._rows_written += n
 
     def write(self, cube_hwc: np.ndarray) -> None:
@@ -237,17 +284,49 @@ class HSIWriter:
         self.write_rows(0, cube_hwc)
 
     # -- finishing
-    def commit(self) -> Path:
-        """Flush, fsync and rename the temp file(s) into place; returns the output path."""
+    def finish(self) -> None:
+        """Complete and fsync the temp file(s) without moving them into place yet (:meth:`commit` does; it calls this
+        when needed). Split out so the time it takes can be measured before the sidecar is made."""
         if self._done:
             raise RuntimeError("HSIWriter is already committed or aborted")
+        if self._pairs is not None:
+            return
         try:
-            self._sink.commit()
+            self._pairs = self._sink.finish()
         except BaseException:
             self.abort()
             raise
-        self._cleanup()
-        self._done = True
+
+    def commit(self, sidecar: dict[str, Any] | None = None) -> Path:
+        """Finish the temp file(s), write the sidecar (when ``sidecar``, the info to record; see
+        :func:`~sschsr_deploy.io.atomic.sidecar_meta`) to its own temp file, then rename them all into place, the
+        sidecar last; returns the output path. On any failure before the renames, nothing changes under the final
+        names (the previous output and sidecar are kept)."""
+        self.finish()
+        try:
+            pairs = list(self._pairs or [])
+            side = None
+            if sidecar is not None:
+                meta = sidecar_meta(self.path, sidecar, describe_files(pairs))
+                target = sidecar_path(self.path)
+                tmp = self._temp(target)
+                write_json_file(tmp, meta)
+                side = (tmp, target)
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            with deferred_signals():  # a signal now is acted on once the pair is in place and the temp files are gone
+                try:
+                    commit_files(pairs, side)
+                except BaseException:
+                    self.abort()
+                    raise
+                self.committed = True
+                self._cleanup()
+                self._done = True
+        finally:
+            self._signals.close()  # after the held signals are restored (the held handler is not the one kept)
         return self.path
 
     def _cleanup(self) -> None:
@@ -260,6 +339,7 @@ class HSIWriter:
         self._sink.close()
         self._cleanup()
         self._done = True
+        self._signals.close()
 
     def __enter__(self) -> HSIWriter:
         return self

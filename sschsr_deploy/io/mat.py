@@ -4,6 +4,12 @@ v7.3 (HDF5 with MATLAB's header in the user block and the column-major axes reve
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
-from sschsr_deploy.io.cube import HSICube, _corrupt, _cube_from_array, _pick_variable
+from sschsr_deploy.io.cube import HSICube, _cube_from_array, _pick_variable
 from sschsr_deploy.io.hdf5 import Hdf5Sink, read_dataset
 from sschsr_deploy.io.sink import BufferedSink
 
@@ -19,18 +25,104 @@ _MAT73_USERBLOCK = 512
 
 
 def read_mat5(path: Path, variable: str | None, layout: str | None, bands: int | None) -> HSICube:
-    """A MATLAB v5 file's variable ``variable`` (default: the only 3-D one), loaded."""
-    import scipy.io
+    """A MATLAB v5 file's variable ``variable`` (default: the only 3-D one), loaded.
 
-    try:
-        info = {name: (tuple(shape), _MAT_CLASSES.get(cls, "O")) for name, shape, cls in scipy.io.whosmat(path)}
+    SciPy parses the file in a child process (:mod:`._mat5_worker`), which sends the array back through a pipe: its
+    compiled parser can crash the process (SIGSEGV / SIGBUS) on corrupt files (a few in a thousand randomly mutated
+    files), and a crashed child is reported as a corrupt file. The cost is the child's start and its import of
+    SciPy, once per file. Measured on 2 CPU cores, 256 x 256 x 31 files: float32 (8 MiB) 0.27 s when idle, 0.44-0.70 s
+    under full load, instead of 0.002 s in-process; float32 zlib-compressed 0.70 s instead of 0.07 s (loaded);
+    512 x 512 x 31 float64 (62 MiB) 0.84 s instead of 0.05 s (loaded). The array is held twice while it is handed over
+    (once in each process).
+    """
+    with _Mat5Process(path) as worker:
+        info = {name: (tuple(shape), _MAT_CLASSES.get(cls, "O")) for name, shape, cls in worker.variables()}
         name = _pick_variable(path, info, variable)
-        arr = scipy.io.loadmat(path, variable_names=[name])[name]
-    except InputValidationError:
-        raise
-    except Exception as exc:  # scipy raises many types (OSError, ValueError, TypeError, MatReadError) on bad files
-        raise _corrupt(path, "MATLAB v5 .mat", exc) from exc
-    return _cube_from_array(np.asarray(arr), path, "mat", name, layout, bands, lazy=False)
+        arr = worker.load(name)
+    return _cube_from_array(arr, path, "mat", name, layout, bands, lazy=False)
+
+
+_WORKER = Path(__file__).with_name("_mat5_worker.py")
+
+
+class _Mat5Process:
+    """One run of :mod:`._mat5_worker` on ``path``: lists the variables, then loads one (or none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stderr = tempfile.TemporaryFile()
+        # -P: the worker's folder (this package) is not put on sys.path; only numpy and scipy are imported there
+        self.proc = subprocess.Popen([sys.executable, "-P", str(_WORKER), str(path)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr)
+
+    def variables(self) -> list[tuple[str, tuple[int, ...], str]]:
+        return [(str(n), tuple(int(s) for s in shape), str(c)) for n, shape, c in self._message()["vars"]]
+
+    def load(self, name: str) -> np.ndarray:
+        self._send(name)
+        head = self._message()
+        dtype, shape = np.dtype(head["dtype"]), tuple(int(s) for s in head["shape"])
+        arr = np.empty(shape[::-1] if head["fortran"] else shape, dtype)
+        buf = memoryview(arr).cast("B") if arr.size else memoryview(b"")
+        got = 0
+        while got < len(buf):
+            n = self.proc.stdout.readinto(buf[got:])  # type: ignore[union-attr]
+            if not n:
+                raise self._died()
+            got += n
+        if self.proc.wait() != 0:
+            raise self._died()
+        return arr.T if head["fortran"] else arr
+
+    def _send(self, name: str | None) -> None:
+        try:
+            self.proc.stdin.write(json.dumps(name).encode() + b"\n")  # type: ignore[union-attr]
+            self.proc.stdin.flush()  # type: ignore[union-attr]
+        except OSError:  # the worker is gone
+            raise self._died() from None
+
+    def _message(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline(1 << 24)  # type: ignore[union-attr]
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            raise self._died() from None
+        if "fatal" in msg:  # the worker could not start its parser: not the file's fault
+            raise RuntimeError(f"the MATLAB v5 reader process failed: {msg['fatal']}")
+        if "error" in msg:
+            raise InputValidationError(
+                f"cannot read {self.path} as MATLAB v5 .mat: {msg['error']} (truncated or corrupt file?)"
+            )
+        return msg
+
+    def _died(self) -> InputValidationError:
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        if rc < 0:
+            sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            what = f"SciPy's MAT v5 parser crashed ({sig})"
+        else:
+            self.stderr.seek(0)
+            tail = self.stderr.read()[-300:].decode(errors="replace").strip().splitlines()
+            what = f"the MAT v5 reader process exited with status {rc}" + (f" ({tail[-1]})" if tail else "")
+        return InputValidationError(f"cannot read {self.path} as MATLAB v5 .mat: {what} (corrupt file?)")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
+
+    def __enter__(self) -> _Mat5Process:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _MAT_CLASSES = {
@@ -40,10 +132,9 @@ _MAT_CLASSES = {
 
 
 def list_mat5(path: Path) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of a MATLAB v5 file's variables."""
-    import scipy.io
-
-    return {name: tuple(shape) for name, shape, _ in scipy.io.whosmat(path)}
+    """Names and shapes of a MATLAB v5 file's variables (parsed in a child process, as :func:`read_mat5`)."""
+    with _Mat5Process(path) as worker:
+        return {name: shape for name, shape, _ in worker.variables()}
 
 
 class Mat5Sink(BufferedSink):
@@ -104,6 +195,6 @@ class Mat73Sink(Hdf5Sink):
         else:
             self.arr[:, y0:y0 + n, :] = block.transpose(1, 0, 2)
 
-    def finish(self, tmp: Path) -> None:
+    def finalize_file(self, tmp: Path) -> None:
         with open(tmp, "r+b") as f:
             f.write(_mat73_header())

@@ -8,8 +8,10 @@ refused, because the model needs colour.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +37,31 @@ def _rgb_format(path: Path) -> str:
     return RGB_EXTENSIONS[ext]
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own warnings ("PNG input buffer is incomplete") off stderr while decoding: a decoding failure is
+    reported as an error instead. Not thread-safe (OpenCV's log level is global)."""
+    import cv2
+
+    old = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(old)
+
+
 def _to_rgb3(img: np.ndarray, path: Path, bgr: bool) -> np.ndarray:
+    if not (img.dtype in (np.uint8, np.uint16) or np.issubdtype(img.dtype, np.floating)):
+        raise InputValidationError(
+            f"{path} holds {img.dtype} pixels; the reference must be uint8, uint16 or float (corrupt file?)"
+        )
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
         raise InputValidationError(f"{path} is a grey-scale image; the reference must be an RGB colour image")
     if img.ndim != 3 or img.shape[2] not in (3, 4):
         raise InputValidationError(f"{path}: expected an H x W x 3 RGB image; got shape {img.shape}")
+    if min(img.shape[:2]) < 1:
+        raise InputValidationError(f"{path} is an empty image (shape {img.shape}; corrupt file?)")
     if img.shape[2] == 4:
         log.warning("%s has an alpha channel; it is ignored", path)
         img = img[:, :, :3]
@@ -59,10 +81,17 @@ def read_rgb(path: PathLike) -> np.ndarray:
     if fmt == "tiff":
         import tifffile
 
+        from sschsr_deploy.io.tiff import tifffile_log
+
         try:
-            img = tifffile.imread(p)
+            with tifffile_log(p, "TIFF"):
+                img = tifffile.imread(p)
+        except InputValidationError:
+            raise
         except Exception as exc:  # tifffile raises several types on bad files
-            raise InputValidationError(f"cannot read {p} as TIFF: {exc} (truncated or corrupt file?)") from exc
+            raise InputValidationError(
+                f"cannot read {p} as TIFF: {type(exc).__name__}: {exc} (truncated or corrupt file?)"
+            ) from exc
         if img.ndim == 3 and img.shape[0] in (3, 4) and img.shape[2] not in (3, 4):
             img = img.transpose(1, 2, 0)  # planar (separate) TIFF
         return _to_rgb3(img, p, bgr=False)
@@ -72,7 +101,13 @@ def read_rgb(path: PathLike) -> np.ndarray:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as exc:
         raise InputValidationError(f"cannot read {p}: {exc}") from exc
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        with _quiet_opencv():
+            img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as exc:  # e.g. a damaged header that declares an image too large to allocate
+        raise InputValidationError(
+            f"cannot decode {p} as {fmt.upper()}: {' '.join(str(exc).split())[:200]} (truncated or corrupt file?)"
+        ) from exc
     if img is None:
         raise InputValidationError(f"cannot decode {p} as {fmt.upper()} (truncated or corrupt file?)")
     return _to_rgb3(img, p, bgr=True)

@@ -105,16 +105,33 @@ class ExportedModelBackend(Backend):
         return out[:b] if pad else out
 
 
+_DEVICES = "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available, else the CPU)"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputValidationError(f"device {device!r} requested but CUDA is not available here (use --device cpu)")
+    """The torch device for a ``--device`` / ``device=`` value; anything unknown or unavailable is an
+    :class:`InputValidationError` naming what is accepted (``torch.device`` raises a bare RuntimeError)."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, str | torch.device):
+        raise InputValidationError(f"device must be a string ({_DEVICES}); got {type(device).__name__}")
+    try:
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputValidationError(f"unknown device {str(device)[:80]!r}; use {_DEVICES}") from None
     if dev.type not in ("cpu", "cuda"):
-        raise InputValidationError(f"unsupported device {device!r}; use 'cpu' or 'cuda[:N]'")
+        raise InputValidationError(f"unsupported device {str(device)[:80]!r}; use {_DEVICES}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputValidationError(
+                f"device {str(device)!r} requested but CUDA is not available here (use --device cpu)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputValidationError(
+                f"device {str(device)!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                "(cuda:0 .. cuda:N-1)"
+            )
     return dev
-
-
-
 
 
 @dataclass(frozen=True)
@@ -208,6 +225,7 @@ class ExportSpec:
         else:
             b_lo = _meta_int(meta, "batch_min", source) or 1
             b_hi = _meta_int(meta, "batch_max", source)
+        _check_limits(source, int(bands), tile_min, tile_max, int(b_lo), b_hi)
         return cls(
             bands=int(bands), tile_min=tile_min, tile_max=tile_max, tile=tile,  # type: ignore[arg-type]
             batch_min=int(b_lo), batch_max=None if b_hi is None else int(b_hi),
@@ -228,8 +246,15 @@ class ExportSpec:
             fields["scale"] = self.scale
         rgb_bands = ModelMeta.read(self.metadata, "rgb_bands", "the exported model")
         if rgb_bands is not None:
+            if not all(0 <= b < self.bands for b in rgb_bands):
+                raise InputValidationError(f"the exported model's metadata rgb_bands {rgb_bands} are not bands of a "
+                                           f"{self.bands}-band cube; the file is damaged or was edited")
             fields["rgb_bands"] = rgb_bands
-        return get_preset(preset, **fields)
+        try:
+            return get_preset(preset, **fields)
+        except (ValueError, TypeError) as exc:
+            raise InputValidationError(f"the exported model's metadata does not describe a {preset!r} network: "
+                                       f"{exc}") from None
 
     def describe(self) -> dict[str, Any]:
         """The window and batch limits, for backend descriptions (output sidecars)."""
@@ -250,6 +275,24 @@ class ExportSpec:
                     f"{source} runs {allowed} windows only; got {h}x{w} (use tile={self.tile_min[0]}, or export "
                     "with tile_min/tile_max for a dynamic tile size)"
                 )
+
+
+def _check_limits(source: str, bands: int, tile_min: tuple[int, int] | None, tile_max: tuple[int, int] | None,
+                  batch_min: int, batch_max: int | None) -> None:
+    """Refuse limits no graph can have (a damaged or edited file): they would surface later as odd runtime errors."""
+    problems = []
+    if bands < 1:
+        problems.append(f"{bands} bands")
+    for what, t in (("tile_min", tile_min), ("tile_max", tile_max)):
+        if t is not None and min(t) < 1:
+            problems.append(f"{what} {t[0]}x{t[1]}")
+    if tile_min is not None and tile_max is not None and (tile_min[0] > tile_max[0] or tile_min[1] > tile_max[1]):
+        problems.append(f"tile_min {tile_min[0]}x{tile_min[1]} above tile_max {tile_max[0]}x{tile_max[1]}")
+    if batch_min < 1 or (batch_max is not None and batch_max < batch_min):
+        problems.append(f"batch range {batch_min}..{batch_max}")
+    if problems:
+        raise InputValidationError(f"{source}: its metadata gives impossible limits ({'; '.join(problems)}); the file "
+                                   "is damaged or was edited: export it again")
 
 
 def _static_dim(d: Any) -> int | None:

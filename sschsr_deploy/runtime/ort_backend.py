@@ -60,6 +60,41 @@ def custom_op_nodes(model: Any) -> list[str]:
                    if n.domain == CUSTOM_DOMAIN and (n.domain, n.op_type) not in bodies})
 
 
+_FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _check_initializers(model: Any, path: Path) -> None:
+    """Refuse weights stored outside the file (exports never do it; ONNX Runtime would open other files named by the
+    model) and weights that are unreadable or hold NaN / infinity (every output would be NaN)."""
+    from onnx import numpy_helper
+
+    bad: list[tuple[str, int]] = []
+    for init in model.graph.initializer:
+        if init.data_location == 1 or len(init.external_data):  # TensorProto.EXTERNAL
+            raise InputValidationError(
+                f"{path.name}: initializer {init.name!r} refers to external data; exported SSC-HSR models keep their "
+                "weights inside the file: export it again"
+            )
+        if init.data_type not in _FLOAT_TYPES:
+            continue
+        try:
+            values = numpy_helper.to_array(init)
+        except Exception as exc:  # raw data of the wrong length, dims that do not fit the data, ...
+            raise InputValidationError(
+                f"{path}: initializer {init.name!r} is unreadable (truncated or corrupt file?): "
+                f"{' '.join(str(exc).split())[:200]}"
+            ) from None
+        count = int(values.size - np.count_nonzero(np.isfinite(values.astype(np.float32, copy=False))))
+        if count:
+            bad.append((init.name, count))
+    if bad:
+        names = ", ".join(f"{n} ({c})" for n, c in bad[:5]) + (f", ... (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise InputValidationError(
+            f"{path.name} holds {sum(c for _, c in bad)} non-finite weight values (NaN or infinity) in {len(bad)} "
+            f"initializers: {names}; the weights are corrupt: export the model again from good weights"
+        )
+
+
 class OnnxRuntimeBackend(ExportedModelBackend):
     """Runs an exported tile network (path to an ``.onnx`` file, or an open ``onnxruntime.InferenceSession``).
 
@@ -109,10 +144,18 @@ class OnnxRuntimeBackend(ExportedModelBackend):
             )
         self.metadata = meta
         self.providers = list(self.session.get_providers())
-        self._check_io()
-        self.spec = ExportSpec.from_export(meta, self._inputs[INPUT_NAMES[0]].shape,
-                                           self._output.shape[1] if len(self._output.shape) == 4 else None,
-                                           self._source)
+        try:
+            self._check_io()
+            self.spec = ExportSpec.from_export(meta, self._inputs[INPUT_NAMES[0]].shape,
+                                               self._output.shape[1] if len(self._output.shape) == 4 else None,
+                                               self._source)
+        except SSCHSRError:
+            raise
+        except Exception as exc:  # ONNX Runtime decoding a damaged description (names, shapes): UnicodeDecodeError...
+            raise InputValidationError(
+                f"{self._source}: its inputs and outputs cannot be read (corrupt file?): {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}"
+            ) from None
         self.bands = self.spec.bands
         self.batch_independent = self.spec.batch_independent
         self.tile_bounds = self.spec.tile_bounds
@@ -144,6 +187,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
             ) from None
         if len(model.graph.node) == 0:
             raise InputValidationError(f"{path} holds no ONNX graph (truncated or corrupt file?)")
+        _check_initializers(model, path)
         custom = custom_op_nodes(model)
         if custom:
             raise InputValidationError(
@@ -154,7 +198,12 @@ class OnnxRuntimeBackend(ExportedModelBackend):
             )
         self.path = path
         self.model_sha256 = hashlib.sha256(data).hexdigest()
-        return read_metadata(model)
+        meta = read_metadata(model)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):  # protobuf gives bytes for
+            raise InputValidationError(                                                # text that is not UTF-8
+                f"{path}: its export metadata is not text (truncated or corrupt file?)"
+            )
+        return meta
 
     def _open(self, threads: int | None) -> Any:
         from sschsr_deploy.engine.onnx import make_session

@@ -1,7 +1,7 @@
-"""The tiled inference pipeline: whole-image preprocessing once, then windows → backend → blender → writer.
+"""The tiled inference pipeline: streamed preprocessing once, then windows → backend → blender → writer.
 
-Data flow (one direction): :class:`~sschsr_deploy.scene.PreparedScene` runs the whole-image part of the
-preprocessing once and hands out the five model inputs for any window;
+Data flow (one direction): :class:`~sschsr_deploy.scene.PreparedScene` runs the global part of the
+preprocessing once (streamed) and hands out the five model inputs for any window;
 :func:`~sschsr_deploy.runtime.planner.plan_tiles` cuts the image; :class:`~sschsr_deploy.runtime.streams.TileExecutor`
 runs batches of windows on the backend (overlapping copies and compute on a GPU);
 :class:`~sschsr_deploy.runtime.blender.StreamingBlender` blends them and emits finished rows to the output (an array, or
@@ -13,16 +13,16 @@ uint8 (0..255), uint16 (0..65535) or float in [0, 1]. The output has the input's
 
 What needs the whole image, and what streams (memory for an H x W HR scene with C bands):
 
-- streamed per window: the C-band bicubic upsampling of the LR cube (an LR crop with a 4-pixel border is upsampled
-  per window: identical to the whole-image result for integer scales whose inverse is exact in binary, e.g. 2, 4, 8;
-  within ~3e-6 otherwise), the LR read itself (lazy formats) and the output (written as rows finish);
-- two streaming passes over the LR cube: its global min / max (normalisation) and the finiteness check;
-- whole image, three channels only: the pseudo-RGB bands upsampled, the degraded reference and the rank-based
-  histogram matching (each output value depends on the ranks over the whole image, so it cannot be tiled), plus the
-  reference itself; kept as four float32 H x W x 3 arrays (48 bytes per HR pixel), with float64 temporaries of a few
-  times that size during the matching.
+- per window: the five inputs (bicubic upsampling of an LR crop with a 4-pixel border — identical to the whole-image
+  result for scales 2, 4, 8, within ~3e-6 otherwise —, the histogram-matching map applied, the reference crop), the
+  LR read itself (lazy formats) and the output (written as rows finish);
+- streamed in row bands, once: the LR cube's min / max and checks, and the distributions of the upsampled pseudo-RGB
+  bands and of the degraded reference, summarised in bounded sketches (exact for small scenes) that give the
+  histogram-matching maps (:class:`~sschsr_deploy.scene.PreparedScene`);
+- kept whole: only the reference as decoded (3 bytes per HR pixel for uint8).
 
-Everything else — the network — runs per window, so peak memory is the tile batch plus the above.
+Everything else — the network — runs per window, so peak memory is the tile batch, the blender's row band and the
+above.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sschsr_deploy import preprocess
-from sschsr_deploy.errors import InputValidationError
+from sschsr_deploy.errors import InputValidationError, NonFiniteOutputError
 from sschsr_deploy.io.hsi import HSICube, HSIWriter, as_cube, format_from_path, read_hsi
 from sschsr_deploy.io.rgb import read_rgb
 from sschsr_deploy.runtime.backends import Backend, create_backend
@@ -250,19 +250,29 @@ class Pipeline:
         return scale
 
     def prepare(self, lr: HSICube, ref_rgb: Any, scale: int | None = None) -> PreparedScene:
-        """Validate the inputs and run the whole-image preprocessing (``scale``: see :meth:`resolve_scale`)."""
+        """Validate the inputs and run the global preprocessing, streamed (``scale``: see :meth:`resolve_scale`)."""
         self._check_bands(lr)
         return PreparedScene(lr, ref_rgb, self.resolve_scale(scale), self.rgb_bands, self.normalize)
 
     def _host_batches(self, scene: PreparedScene, windows: list[Window], batch: int) -> Iterator[HostBatch]:
+        """The windows' inputs, computed on demand batch by batch (nothing of HR size is held); at each new row of
+        windows the LR pages the previous row read are unmapped (:meth:`PreparedScene.release_pages`)."""
+        row = None
         for i in range(0, len(windows), batch):
             group = windows[i:i + batch]
+            if group[0].y0 != row:
+                row = group[0].y0
+                scene.release_pages()
             crops = [scene.window(w.y0, w.y1, w.x0, w.x1) for w in group]
             inputs = tuple(np.stack([c[k] for c in crops]) for k in range(5))
             yield HostBatch(inputs, group)
 
     def execute(self, scene: PreparedScene, sink: Callable[[int, np.ndarray], None]) -> TilePlan:
-        """Run every window of ``scene`` and send finished output rows (C x n x W float32) to ``sink(y0, block)``."""
+        """Run every window of ``scene`` and send finished output rows (C x n x W float32) to ``sink(y0, block)``.
+
+        Raises :class:`~sschsr_deploy.errors.NonFiniteOutputError` at the end when any output value is NaN or
+        infinite (NaN weights, an input range that overflows), with their count: such an output is never committed
+        (``run_files`` writes into a temp file that is then deleted)."""
         plan = self.plan(scene.height, scene.width)
         self.last_plan = plan
         batch = self._effective_batch()
@@ -276,23 +286,38 @@ class Pipeline:
             self.backend.name, self.backend.device,
         )
         denorm = self.output_scale == "input"
+        bad = {"nan": 0, "inf": 0, "first_row": -1}
 
         def emit(y0: int, block: np.ndarray) -> None:
             if denorm:
                 block = scene.denormalize(block)
+            finite = np.isfinite(block)
+            if not finite.all():  # counted over the whole output; reported (and refused) at the end
+                nan = int(np.count_nonzero(np.isnan(block)))
+                bad["nan"] += nan
+                bad["inf"] += int(block.size - np.count_nonzero(finite)) - nan
+                if bad["first_row"] < 0:
+                    bad["first_row"] = y0
+                    log.warning("the output has NaN / inf values from row %d on; the run will fail at its end", y0)
             sink(y0, block)
 
         blender = StreamingBlender(plan, self.backend.bands, emit)
-        warned = False
         with tqdm(total=len(plan), unit="tile", desc="SSC-HSR", disable=self.quiet, dynamic_ncols=True) as bar:
             for group, out in self.executor.map(self._host_batches(scene, plan.windows, batch)):
-                if not warned and not np.isfinite(out).all():
-                    log.warning("the network produced NaN / inf values (window %d); check the weights", group[0].index)
-                    warned = True
-                for j, w in enumerate(group):
-                    blender.add(w, out[j])
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are counted, not warned about
+                    for j, w in enumerate(group):
+                        blender.add(w, out[j])
                 bar.update(len(group))
-        blender.finish()
+        with np.errstate(over="ignore", invalid="ignore"):
+            blender.finish()
+        if bad["nan"] or bad["inf"]:
+            n = bad["nan"] + bad["inf"]
+            total = scene.height * scene.width * self.backend.bands
+            raise NonFiniteOutputError(
+                f"the network produced {n} non-finite values ({bad['nan']} NaN, {bad['inf']} infinite; {n / total:.1%} "
+                f"of the {scene.height}x{scene.width}x{self.backend.bands} output, from row {bad['first_row']}): the "
+                "output is refused; check the weights for NaN / inf and the input's value range"
+            )
         return plan
 
     # ------------------------------------------------------------------ in-memory API
@@ -378,42 +403,61 @@ class Pipeline:
 
         ``scale``: ``None`` for the model's own; another one is refused (see :meth:`resolve_scale`).
 
-        The output file appears only when complete; on any error, nothing is left under ``out_path``.
+        The output file appears only when complete, together with its sidecar (renamed last; it records the output's
+        size and SHA-256); on any error, nothing changes under ``out_path`` (a previous output and sidecar are kept).
+        Before any compute, once the inputs' headers are read: stale temp files of dead runs beside ``out_path`` are
+        removed and the free space is checked (:class:`~sschsr_deploy.errors.OutputSpaceError`). The protocol and
+        what a crash leaves: :mod:`sschsr_deploy.io.atomic`. ``self.last_output`` is ``out_path`` once committed.
         """
-        from sschsr_deploy.io.atomic import check_writable, write_sidecar
+        from sschsr_deploy.io.atomic import check_writable, clean_stale_temps
+        from sschsr_deploy.io.hsi import check_output_space
+        from sschsr_deploy.io.signals import fault_point
 
         t0 = time.perf_counter()
+        self.last_output = None
         out_path = check_writable(out_path)
         out_format = format_from_path(out_path, format)
+        clean_stale_temps(out_path.parent)
         with read_hsi(hsi_path, variable=variable, layout=hsi_layout, bands=self.backend.bands) as cube:
+            self._check_bands(cube)
+            run_scale = self.resolve_scale(scale)
+            check_output_space(out_path, (cube.shape[0] * run_scale, cube.shape[1] * run_scale, self.backend.bands),
+                               np.float32, format=out_format, layout=out_layout)
             ref = read_rgb(ref_path)
             scene = self.prepare(cube, ref, scale)
             t1 = time.perf_counter()
+            fault_point("before-output")
             shape = (scene.height, scene.width, self.backend.bands)
             with HSIWriter(out_path, shape, np.float32, format=out_format, layout=out_layout,
                            variable=out_variable) as writer:
                 self.execute(scene, lambda y0, block: writer.write_rows(y0, block.transpose(1, 2, 0)))
                 t2 = time.perf_counter()
-            t3 = time.perf_counter()
-        self.last_timings = self._timings(t0, t1, t2, t3, scene.height, scene.width)
-        if sidecar:
-            info = {
-                "inputs": {
-                    "hsi": str(hsi_path), "hsi_format": cube.format, "hsi_variable": cube.variable,
-                    "hsi_layout": cube.layout, "lr_shape_hwc": list(cube.shape), "reference": str(ref_path),
-                    "scale": scene.scale, "rgb_bands": list(scene.rgb_bands),
-                },
-                "output_format": out_format,
-                "output_layout": out_layout,
-                "output_shape_hwc": list(shape),
-                "output_dtype": "float32",
-                "output_scale": self.output_scale,
-                "normalization": {"enabled": scene.normalize, "lr_min": scene.lo, "lr_max": scene.hi},
-                **self.describe(),
-                "timings": self.last_timings,
-            }
-            info.update(extra_info or {})
-            write_sidecar(out_path, info)
+                writer.finish()
+                t3 = time.perf_counter()
+                self.last_timings = self._timings(t0, t1, t2, t3, scene.height, scene.width)
+                info = None
+                if sidecar:
+                    info = {
+                        "inputs": {
+                            "hsi": str(hsi_path), "hsi_format": cube.format, "hsi_variable": cube.variable,
+                            "hsi_layout": cube.layout, "lr_shape_hwc": list(cube.shape), "reference": str(ref_path),
+                            "scale": scene.scale, "rgb_bands": list(scene.rgb_bands),
+                        },
+                        "output_format": out_format,
+                        "output_layout": out_layout,
+                        "output_shape_hwc": list(shape),
+                        "output_dtype": "float32",
+                        "output_scale": self.output_scale,
+                        "normalization": {"enabled": scene.normalize, "lr_min": scene.lo, "lr_max": scene.hi},
+                        **self.describe(),
+                        "timings": self.last_timings,
+                    }
+                    info.update(extra_info or {})
+                try:
+                    writer.commit(sidecar=info)  # a signal during its renames is acted on after them
+                finally:
+                    if writer.committed:
+                        self.last_output = out_path
         return out_path
 
     def model_info(self) -> dict[str, Any]:

@@ -75,7 +75,10 @@ class TensorRTBackend(ExportedModelBackend):
                  cuda_graph: bool = False, expect: dict[str, str] | None = None) -> None:
         from sschsr_deploy.engine.tensorrt import EngineRunner, LoadedEngine, load_engine, require_tensorrt
 
-        if torch.device(device).type != "cuda":
+        if str(device).strip().lower() == "auto":
+            device = resolve_device(device)
+        if not str(device).strip().lower().startswith("cuda"):
+            resolve_device(device)  # an unknown device string is refused here, naming the accepted ones
             raise InputValidationError(
                 f"the tensorrt backend runs on a CUDA device only; got device {str(device)!r} (use --device cuda)"
             )
