@@ -92,3 +92,28 @@ def test_order_and_completeness_are_enforced():
         blender.add(wins[2], np.ones((2, 128, 128), np.float32))
     with pytest.raises(RuntimeError, match="finished after"):
         blender.finish()
+
+
+def test_wide_scenes_are_emitted_in_bounded_chunks(monkeypatch):
+    """Finished rows go to the sink in blocks of about EMIT_BYTES, so the sink's temporaries do not grow with the
+    scene's width; the result is the same as emitting whole bands."""
+    from sschsr_deploy.runtime import blender as blender_mod
+
+    plan = plan_tiles(400, 700, 128, 32, 8)
+    rng = np.random.default_rng(0)
+    tiles = [rng.random((3, w.h, w.w), dtype=np.float32) for w in plan.windows]
+    whole = blend(plan, tiles, 3)
+    monkeypatch.setattr(blender_mod, "EMIT_BYTES", 4 * 3 * 700 * 5)  # five rows per block
+    sizes = []
+    out = np.empty_like(whole)
+
+    def sink(y0, block):
+        sizes.append(block.shape[1])
+        out[:, y0:y0 + block.shape[1]] = block
+
+    b = StreamingBlender(plan, 3, sink)
+    for w, t in zip(plan.windows, tiles, strict=True):
+        b.add(w, t)
+    b.finish()
+    assert max(sizes) == 5 and sum(sizes) == 400
+    assert np.array_equal(out, whole)

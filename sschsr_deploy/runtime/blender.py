@@ -2,10 +2,10 @@
 
 :class:`StreamingBlender` keeps only a band of rows as tall as one window: windows arrive in the plan's raster order,
 so when a window starting at row ``y0`` arrives, every row above ``y0`` has received all its contributions. Those rows
-are divided by their accumulated weight (once) and handed to a sink, which writes them out (an in-memory array, a
-memory-mapped file, an HDF5 dataset). Memory is therefore ``(C + 1) x tile_h x padded_width`` float32, independent
-of the image height. The normalisation makes the effective weights sum to one everywhere, including the borders and
-corners and around the shifted last window.
+are divided by their accumulated weight (once) and handed to a sink in blocks of about :data:`EMIT_BYTES`, which
+writes them out (an in-memory array, a file written through, an HDF5 dataset). Memory is therefore
+``(C + 1) x tile_h x padded_width`` float32, independent of the image height. The normalisation makes the effective
+weights sum to one everywhere, including the borders and corners and around the shifted last window.
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ __all__ = ["RowSink", "StreamingBlender", "blend"]
 
 #: Receives finished rows: ``sink(y0, block)`` with ``block`` float32 C x n x width (already cropped to the image).
 RowSink = Callable[[int, np.ndarray], None]
+
+
+#: Largest block of finished rows handed to the sink at once (the normalised rows, the writer's contiguous copy and
+#: the finiteness mask are each about this size; emitting a whole band at once cost ~3 x 50 MB at 4096 px wide).
+EMIT_BYTES = 8 << 20
 
 
 class StreamingBlender:
@@ -72,9 +77,11 @@ class StreamingBlender:
             raise RuntimeError(f"pixel ({self._base + bad[0]}, {bad[1]}) received no weight: the tile plan has a gap")
         h, w = self.plan.height, self.plan.width
         rows = min(n, h - self._base)
-        if rows > 0:
-            block = self._acc[:, :rows, :w] / wsum[None, :rows, :w]
-            self.sink(self._base, block)
+        if rows > 0:  # in chunks of about EMIT_BYTES: the sink's temporaries stay small however wide the scene
+            step = max(1, EMIT_BYTES // (4 * self.channels * w))
+            for r0 in range(0, rows, step):
+                r1 = min(rows, r0 + step)
+                self.sink(self._base + r0, self._acc[:, r0:r1, :w] / wsum[None, r0:r1, :w])
         keep = self._band - n
         if keep > 0:
             self._acc[:, :keep] = self._acc[:, n:]
