@@ -44,7 +44,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import add_output_arguments, bar_chart, environment, results_dir, use_output_arguments, write_json  # noqa: E402
+from common import (  # noqa: E402
+    add_output_arguments,
+    bar_chart,
+    environment,
+    proc_status_kib,
+    results_dir,
+    use_output_arguments,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (512, 1024, 2048, 4096)
@@ -52,16 +60,6 @@ DEFAULT_SIZES = (512, 1024, 2048, 4096)
 GOAL_RATIO = 1.2
 GOAL_SIZE = 4096
 
-
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:  # the process has exited
-        pass
-    return 0
 
 
 def run_infer(cmd: list[str], env: dict[str, str], log_path: Path, timeout: float,
@@ -77,8 +75,8 @@ def run_infer(cmd: list[str], env: dict[str, str], log_path: Path, timeout: floa
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # wait4: the rusage of this child alone
             if pid == proc.pid:
                 break
-            peak_anon = max(peak_anon, _status_kib(proc.pid, "RssAnon"))
-            peak_hwm = max(peak_hwm, _status_kib(proc.pid, "VmHWM"))
+            peak_anon = max(peak_anon, proc_status_kib("RssAnon", proc.pid))
+            peak_hwm = max(peak_hwm, proc_status_kib("VmHWM", proc.pid))
             if time.perf_counter() - t0 > timeout:
                 timed_out = True
                 proc.kill()

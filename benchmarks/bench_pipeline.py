@@ -46,7 +46,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import add_output_arguments, bar_chart, environment, results_dir, use_output_arguments, write_json  # noqa: E402
+from common import (  # noqa: E402
+    add_output_arguments,
+    bar_chart,
+    environment,
+    proc_status_kib,
+    results_dir,
+    use_output_arguments,
+    write_json,
+)
 
 #: (scene size, tiles) of the deviation sweep: the issue's 256 x 320 scene at 128 / 192 px tiles, and a 512 x 512 scene
 #: at the default 256 px tile.
@@ -65,13 +73,6 @@ def _cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
 
 class PeakSampler:
     """Max of RssAnon sampled every ``interval`` s in a background thread."""
@@ -84,13 +85,13 @@ class PeakSampler:
 
     def mark(self) -> int:
         """Return the peak so far (KiB) and restart the peak from the current value: splits a run into phases."""
-        peak = max(self.peak_kb, _status_kb("RssAnon"))
-        self.peak_kb = _status_kb("RssAnon")
+        peak = max(self.peak_kb, proc_status_kib("RssAnon"))
+        self.peak_kb = proc_status_kib("RssAnon")
         return peak
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, _status_kb("RssAnon"))
+            self.peak_kb = max(self.peak_kb, proc_status_kib("RssAnon"))
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakSampler:
@@ -100,7 +101,7 @@ class PeakSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_kb = max(self.peak_kb, _status_kb("RssAnon"))
+        self.peak_kb = max(self.peak_kb, proc_status_kib("RssAnon"))
 
 
 def _model(preset: str, device: str):
@@ -221,7 +222,7 @@ def worker(args: argparse.Namespace) -> None:
             pipe.backend.warmup(128 if tile is None else min(tile, size), 128 if tile is None else min(tile, size),
                                 1 if tile is None else args.batch)
             torch.cuda.reset_peak_memory_stats()
-        base_kb = _status_kb("RssAnon")
+        base_kb = proc_status_kib("RssAnon")
         phases: dict[str, int] = {}
         execute = pipe.execute
 
@@ -245,7 +246,7 @@ def worker(args: argparse.Namespace) -> None:
             "peak_rss_anon_preprocess_mib": round(phases.get("preprocess", 0) / 1024, 1),
             "peak_rss_anon_windows_mib": round(sampler.peak_kb / 1024, 1),
             "baseline_rss_anon_mib": round(base_kb / 1024, 1),
-            "vm_hwm_mib": round(_status_kb("VmHWM") / 1024, 1),
+            "vm_hwm_mib": round(proc_status_kib("VmHWM") / 1024, 1),
         }
         if args.device.startswith("cuda"):
             result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

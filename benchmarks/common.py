@@ -92,6 +92,19 @@ def environment(device: str) -> dict:
     return env
 
 
+def proc_status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` field in KiB (``VmRSS``, ``VmHWM``, ``RssAnon``); 0 when the process has exited or the
+    field is absent."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def time_fn(fn: Callable[[], object], device: str, warmup: int = 2, repeat: int = 5, min_time: float = 0.0) -> dict:
     """Median / min wall time in milliseconds of ``fn()`` (synchronising CUDA around every call)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
