@@ -1,5 +1,6 @@
-"""The cube view every reader returns (:class:`HSICube`: H x W x C regions on demand), band order (H x W x C or
-C x H x W, given or detected) and the helpers the format readers share to build a cube from what a file holds."""
+"""The cube view every reader returns (:class:`HSICube`: H x W x C regions on demand, with the file's
+:class:`~sschsr_deploy.io.metadata.CubeMetadata`), band order (H x W x C or C x H x W, given or detected; writers also
+take ENVI's names and bil) and the helpers the format readers share to build a cube from what a file holds."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from typing import Any
 import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
+from sschsr_deploy.io.metadata import CubeMetadata
 
-__all__ = ["LAYOUTS", "HSICube", "as_cube", "detect_layout"]
+__all__ = ["LAYOUTS", "WRITER_LAYOUTS", "HSICube", "as_cube", "detect_layout"]
 
 PathLike = str | os.PathLike
 
 LAYOUTS = ("hwc", "chw")
+#: on-disk band orders a writer accepts → the canonical name: ENVI's bip / bsq are hwc / chw; bil (H x C x W, a line
+#: of each band in turn) has no reader-side equivalent and only ENVI can write it
+WRITER_LAYOUTS = {"hwc": "hwc", "chw": "chw", "bip": "hwc", "bsq": "chw", "bil": "bil"}
 
 
 def detect_layout(shape: Sequence[int], bands: int | None = None, name: str = "cube") -> str:
@@ -55,6 +60,20 @@ def _check_layout(layout: str | None) -> str | None:
     return lay
 
 
+def _writer_layout(layout: str | None, fmt: str) -> str:
+    """The canonical on-disk band order (``hwc``, ``chw`` or ``bil``) for a writer of format ``fmt``; ``None`` → hwc.
+    Kept apart from :func:`_check_layout` so that readers' ``layout=`` still only takes hwc / chw."""
+    if layout is None:
+        return "hwc"
+    lay = WRITER_LAYOUTS.get(layout.lower())
+    if lay is None:
+        raise InputValidationError(f"output layout must be one of {', '.join(WRITER_LAYOUTS)}; got {layout!r}")
+    if lay == "bil" and fmt != "envi":
+        raise InputValidationError(
+            f"layout 'bil' (band-interleaved by line) is an ENVI interleave; {fmt} outputs take hwc (bip) or chw (bsq)")
+    return lay
+
+
 def _check_numeric(dtype: np.dtype, what: str) -> None:
     if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise InputValidationError(f"{what} has dtype {dtype}; a real numeric (integer or float) cube is required")
@@ -65,7 +84,8 @@ class HSICube:
 
     ``perm`` gives, for the H, W and C axes, the axis of the underlying array (numpy array, memory map or HDF5 dataset)
     that holds them; reads slice the source and transpose only the region. ``lazy`` tells whether the data stay on
-    disk until read.
+    disk until read. ``metadata``: what the file says about the cube (band centres, georeference, nodata …), checked
+    against the band count with :meth:`CubeMetadata.validated` (fields that do not fit are dropped with a warning).
     """
 
     def __init__(
@@ -79,6 +99,7 @@ class HSICube:
         layout: str = "hwc",
         lazy: bool = False,
         closer: Any = None,
+        metadata: CubeMetadata | None = None,
     ) -> None:
         self._src = source
         self.perm = tuple(int(p) for p in perm)
@@ -94,6 +115,7 @@ class HSICube:
         _check_numeric(self.dtype, self._name())
         if min(self.shape) < 1:
             raise InputValidationError(f"{self._name()} is empty (shape {self.shape})")
+        self.metadata: CubeMetadata = (metadata or CubeMetadata()).validated(self.bands, self._name())
 
     def _name(self) -> str:
         return str(self.path) if self.path is not None else "hyperspectral cube"
@@ -180,13 +202,17 @@ def _perm_for(layout: str) -> tuple[int, int, int]:
 
 
 def as_cube(
-    array: Any, layout: str | None = None, bands: int | None = None, name: str = "hyperspectral cube"
+    array: Any, layout: str | None = None, bands: int | None = None, name: str = "hyperspectral cube",
+    metadata: CubeMetadata | None = None,
 ) -> HSICube:
-    """Wrap an in-memory 3-D array (numpy or torch, H x W x C or C x H x W) as an :class:`HSICube`.
+    """Wrap an in-memory 3-D array (numpy or torch, H x W x C or C x H x W) as an :class:`HSICube` with ``metadata``.
 
-    An :class:`HSICube` is returned unchanged. Torch tensors are moved to the CPU and viewed as numpy.
+    An :class:`HSICube` is returned unchanged (its metadata replaced when ``metadata`` is given). Torch tensors are
+    moved to the CPU and viewed as numpy.
     """
     if isinstance(array, HSICube):
+        if metadata is not None:
+            array.metadata = metadata.validated(array.bands, name)
         return array
     if hasattr(array, "detach") and hasattr(array, "cpu"):  # torch.Tensor without importing torch here
         array = array.detach().cpu().numpy()
@@ -195,7 +221,7 @@ def as_cube(
     if array.ndim != 3:
         raise InputValidationError(f"{name} must be a 3-D cube (H x W x C or C x H x W); got shape {array.shape}")
     lay = _check_layout(layout) or detect_layout(array.shape, bands, name)
-    return HSICube(array, _perm_for(lay), layout=lay, lazy=False)
+    return HSICube(array, _perm_for(lay), layout=lay, lazy=False, metadata=metadata)
 
 
 def _require_file(path: PathLike) -> Path:
@@ -241,7 +267,8 @@ def _is_numeric(dtype: Any) -> bool:
 
 
 def _cube_from_array(arr: Any, path: Path, fmt: str, variable: str | None, layout: str | None, bands: int | None,
-                     lazy: bool, closer: Any = None, matlab_order: bool = False) -> HSICube:
+                     lazy: bool, closer: Any = None, matlab_order: bool = False,
+                     metadata: CubeMetadata | None = None) -> HSICube:
     shape = tuple(int(s) for s in arr.shape)
     if len(shape) != 3:
         what = f"variable {variable!r} of {path}" if variable else str(path)
@@ -254,4 +281,5 @@ def _cube_from_array(arr: Any, path: Path, fmt: str, variable: str | None, layou
     else:
         lay = layout or detect_layout(shape, bands, str(path))
         perm = _perm_for(lay)
-    return HSICube(arr, perm, path=path, format=fmt, variable=variable, layout=lay, lazy=lazy, closer=closer)
+    return HSICube(arr, perm, path=path, format=fmt, variable=variable, layout=lay, lazy=lazy, closer=closer,
+                   metadata=metadata)

@@ -1,5 +1,9 @@
 """ENVI files: a text header (``.hdr``) beside a raw data file; read as a memory map (bsq, bil and bip interleaves,
-either byte order), written as bip (``layout="hwc"``) or bsq (``"chw"``), little-endian, the header committed last."""
+either byte order), written as bip (``layout="hwc"``), bsq (``"chw"``) or bil, little-endian, the header committed last.
+
+The header's other keys are the cube's metadata (:func:`~sschsr_deploy.io.metadata.metadata_from_envi` /
+:func:`~sschsr_deploy.io.metadata.envi_fields`: wavelength, fwhm, band names, map info, coordinate system string,
+data ignore value, passed-through keys), written so that SPy and GDAL (rasterio) read them as well."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.cube import HSICube, _require_file
+from sschsr_deploy.io.metadata import ENVI_LAYOUT_KEYS, envi_fields, metadata_from_envi
 from sschsr_deploy.io.sink import RowSink
 
 log = logging.getLogger(__name__)
@@ -101,7 +106,13 @@ def read_envi(path: Path, variable: str | None, layout: str | None, bands: int |
     lay = "chw" if interleave == "bsq" else "hwc"
     if layout is not None and layout != lay and interleave != "bil":
         log.warning("ignoring layout=%r for %s: the ENVI header says interleave = %s", layout, data, interleave)
-    return HSICube(arr, perms[interleave], path=data, format="envi", layout=interleave, lazy=True)
+    try:
+        meta = metadata_from_envi(hdr, source=str(header))
+    except InputValidationError as exc:  # an unreadable map info / list: name the header (the messages may not)
+        msg = str(exc)
+        raise InputValidationError(msg if str(header) in msg else f"ENVI header {header}: {msg}") from None
+    meta = meta.validated(nbands, str(header))  # warnings name the header (the cube would name the data file)
+    return HSICube(arr, perms[interleave], path=data, format="envi", layout=interleave, lazy=True, metadata=meta)
 
 
 _SAMPLE = 4096  # values sampled (evenly spread over the file) by the plausibility check
@@ -126,14 +137,16 @@ def _pairs_as(flat: np.ndarray, at: np.ndarray, kind: str) -> np.ndarray:
 def _check_plausible(flat: np.ndarray, code: int, header: Path, data: Path) -> None:
     """Refuse data that cannot be what the header's data type and byte order say (a wrong header runs on garbage).
 
-    Floats: the non-zero, non-NaN values of measured data lie within 1e-20 .. 1e20; float data read in the wrong byte
-    order, or integers read as floats, spread over the whole exponent range (subnormal, inf, 1e±38): refused when more
-    than 20 % of a sample lie outside. The wrong float width: float64 values whose halves are 99 % float32 within
-    1e-10 .. 1e10, and under 10 % zero (float64 halves are mantissa noise, or zero for round values); float32 values
-    whose pairs make 99 % such float64 (a measured float32 would have to be near 3e38). Integers over float data: 4- and
-    8-byte integers whose bytes, read as floats of the same size, are 99 % within 1e-10 .. 1e10 (measured integers
-    would have to be all near 2**30 or 2**62); 2-byte integers whose pairs read as such float32, while the pairs
-    shifted by one value do not (the low halves of floats are noise; measured integers look alike in both pairings).
+    Floats: the non-zero, non-NaN values of measured data lie within 1e-20 .. 1e20; float data read in the wrong
+    byte order, or integers read as floats, spread over the whole exponent range (subnormal, inf, 1e±38): refused
+    when more than 20 % of a sample lie outside. The wrong float width: float64 values whose halves are 99 % float32
+    within 1e-10 .. 1e10, and under 10 % zero (float64 halves are mantissa noise, or zero for round values); float32
+    values whose pairs make 99 % such float64 while the pairs shifted by one value do not (float32 data in a narrow
+    range, e.g. reflectances of 0.3 .. 0.7, make plausible float64 in both pairings: the upper half's exponent
+    decides). Integers over float data: 4- and 8-byte integers whose bytes, read as floats of the same size, are 99
+    % within 1e-10 .. 1e10 (measured integers would have to be all near 2**30 or 2**62); 2-byte integers whose pairs
+    read as such float32, while the pairs shifted by one value do not (the low halves of floats are noise; measured
+    integers look alike in both pairings).
     Each decision needs 64 non-zero values in the sample.
     """
     n = flat.shape[0]
@@ -156,10 +169,11 @@ def _check_plausible(flat: np.ndarray, code: int, header: Path, data: Path) -> N
             counted, ok = _float_share(halves, 1e-10, 1e10)
             if counted >= 64 and ok >= 0.99 and np.count_nonzero(halves == 0) < 0.1 * halves.size:
                 like = "float32"
-        elif n >= 4:  # float64 data: pairs of values make plausible float64
-            start = idx[idx <= n - 2] & ~np.int64(1)
+        elif n >= 4:  # float64 data: pairs of values make plausible float64, pairs shifted by one value do not
+            start = idx[idx <= n - 3] & ~np.int64(1)
             counted, ok = _float_share(_pairs_as(flat, start, "f8"), 1e-10, 1e10)
-            if counted >= 64 and ok >= 0.99:
+            _, ok_shifted = _float_share(_pairs_as(flat, start + 1, "f8"), 1e-10, 1e10)
+            if counted >= 64 and ok >= 0.99 and ok_shifted < 0.5:
                 like = "float64"
     elif dtype.itemsize in (4, 8):
         as_float = vals.view(order + f"f{dtype.itemsize}")
@@ -205,17 +219,42 @@ class EnviSink(RowSink):
         return [(self.buffer, data), (hdr_tmp, header)]  # the header last: data without a header is no output
 
     def header_text(self) -> str:
+        """The layout keys, then the metadata's (:func:`envi_fields`); values made safe for the one-line / braced
+        syntax every ENVI reader parses (no newline outside braces, no brace inside)."""
         h, w, c = self.shape_hwc
+        fields = envi_fields(self.metadata)
+        description = fields.pop("description", "{written by sschsr-deploy}")
         lines = [
             "ENVI",
-            "description = {written by sschsr-deploy}",
+            f"description = {description}",
             f"samples = {w}",
             f"lines = {h}",
             f"bands = {c}",
             "header offset = 0",
             "file type = ENVI Standard",
             f"data type = {_ENVI_CODES[self.dtype.str[1:]]}",
-            f"interleave = {'bip' if self.layout == 'hwc' else 'bsq'}",
+            f"interleave = {_INTERLEAVE[self.layout]}",
             "byte order = 0",
         ]
+        for key, value in fields.items():
+            key = " ".join(key.split())
+            if not key or "=" in key or "{" in key or "}" in key or key.lower() in ENVI_LAYOUT_KEYS:
+                continue
+            lines.append(f"{key} = {_envi_value(str(value))}")
         return "\n".join(lines) + "\n"
+
+
+_INTERLEAVE = {"hwc": "bip", "chw": "bsq", "bil": "bil"}
+
+
+def _envi_value(value: str) -> str:
+    """``value`` as one header value: a braced list stays as it is (its inner braces turned into parentheses); text
+    with a line break or brace gets braces of its own."""
+    text = value.strip()
+    if text.startswith("{") and text.endswith("}"):
+        inner = text[1:-1]
+    elif "\n" in text or "{" in text or "}" in text:
+        inner = text
+    else:
+        return text
+    return "{" + inner.replace("{", "(").replace("}", ")") + "}"

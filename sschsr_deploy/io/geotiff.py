@@ -21,7 +21,7 @@ import numpy as np
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.metadata import CubeMetadata, GeoReference
 
-__all__ = ["GeoTiffWriter", "has_geo_tags", "rasterio_available", "read_geotiff_metadata"]
+__all__ = ["GeoTiffWriter", "check_crs", "has_geo_tags", "rasterio_available", "read_geotiff_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,21 @@ def _rasterio() -> Any:
             "GeoTIFF georeferencing needs rasterio: pip install 'sschsr-deploy[geo]' (or pip install rasterio)"
         ) from None
     return rasterio
+
+
+def check_crs(crs: str) -> None:
+    """Refuse a CRS that rasterio (PROJ) cannot parse with a clear error naming it, instead of GDAL's ``CRSError``
+    while the file is being made (needs rasterio)."""
+    _rasterio()
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        CRS.from_user_input(crs)
+    except CRSError as exc:
+        raise InputValidationError(
+            f"the output's CRS {crs[:200]!r} is not one rasterio / PROJ understands ({exc}); a GeoTIFF cannot be "
+            "georeferenced with it") from None
 
 
 def has_geo_tags(path: os.PathLike | str) -> bool:
@@ -130,6 +145,7 @@ class GeoTiffWriter:
         if meta.geo is not None:
             profile["transform"] = Affine.from_gdal(*meta.geo.transform)
             if meta.geo.crs:
+                check_crs(meta.geo.crs)
                 profile["crs"] = meta.geo.crs
         if meta.nodata is not None:
             profile["nodata"] = meta.nodata

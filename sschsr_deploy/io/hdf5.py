@@ -1,9 +1,15 @@
 """HDF5 files (``.h5``/``.hdf5``): a dataset read lazily through ``h5py``, written as a row-chunked dataset. MATLAB
-v7.3 files are HDF5 too (:mod:`sschsr_deploy.io.mat` builds on this module)."""
+v7.3 files are HDF5 too (:mod:`sschsr_deploy.io.mat` builds on this module).
+
+Metadata: the attributes of the root group and of the dataset (the dataset's win), named as in
+:data:`~sschsr_deploy.io.metadata.ATTRIBUTE_NAMES`; files that keep the band centres / widths as vector datasets of
+their own (``wavelength``, ``fwhm`` …; MATLAB's 1 x N matrices included) fill those when no attribute did. Written as
+attributes of the dataset."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,9 +18,12 @@ import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.atomic import fsync_file
-from sschsr_deploy.io.cube import HSICube, _corrupt, _cube_from_array, _pick_variable
+from sschsr_deploy.io.cube import HSICube, _corrupt, _cube_from_array, _is_numeric, _pick_variable
+from sschsr_deploy.io.metadata import ATTRIBUTE_NAMES, CubeMetadata, attributes_from_metadata, metadata_from_attributes
 from sschsr_deploy.io.sink import HEADER_ALLOWANCE, RowSink
 from sschsr_deploy.io.space import reserve_space
+
+log = logging.getLogger(__name__)
 
 
 def _h5_datasets(f: Any) -> tuple[dict[str, tuple[tuple[int, ...], Any]], dict[str, Any]]:
@@ -54,8 +63,10 @@ def read_dataset(path: Path, variable: str | None, layout: str | None, bands: in
         try:
             found, keys = _h5_datasets(f)
             name = _pick_variable(path, found, variable)
-            return _cube_from_array(f[keys[name]], path, fmt, name, layout, bands, lazy=True, closer=f.close,
-                                    matlab_order=matlab_order)
+            ds = f[keys[name]]
+            meta = _dataset_metadata(f, ds, found, keys, path)
+            return _cube_from_array(ds, path, fmt, name, layout, bands, lazy=True, closer=f.close,
+                                    matlab_order=matlab_order, metadata=meta)
         except InputValidationError:
             raise
         except _H5_ERRORS as exc:
@@ -63,6 +74,71 @@ def read_dataset(path: Path, variable: str | None, layout: str | None, bands: in
     except BaseException:
         f.close()
         raise
+
+
+def _attributes(obj: Any) -> dict[str, Any]:
+    """The attributes of an HDF5 object that can be read (a damaged or exotic one is skipped, not an error)."""
+    out: dict[str, Any] = {}
+    for key in list(obj.attrs.keys()):
+        try:
+            out[key.decode("utf-8", "replace") if isinstance(key, bytes) else key] = obj.attrs[key]
+        except _H5_ERRORS:
+            continue
+    return out
+
+
+_VECTOR_MAX = 1 << 16  # a band-centre vector longer than this is not one
+
+
+def _vector_datasets(f: Any, found: dict[str, tuple[tuple[int, ...], Any]], keys: dict[str, Any]) -> dict[str, Any]:
+    """Numeric vectors (N, 1 x N or N x 1) named as band centres / widths in :data:`ATTRIBUTE_NAMES`, by name (the
+    last part of their path); MATLAB char / cell arrays skipped (MATLAB stores text as uint16)."""
+    wanted = set(ATTRIBUTE_NAMES["wavelengths"]) | set(ATTRIBUTE_NAMES["fwhm"])
+    out: dict[str, Any] = {}
+    for name, (shape, dtype) in found.items():
+        base = name.rsplit("/", 1)[-1]
+        if base not in wanted or base in out or not _is_numeric(dtype):
+            continue
+        if not (len(shape) == 1 or (len(shape) == 2 and 1 in shape)) or not 0 < int(np.prod(shape)) <= _VECTOR_MAX:
+            continue
+        ds = f[keys[name]]
+        cls = ds.attrs.get("MATLAB_class", b"")
+        if (cls.decode("ascii", "replace") if isinstance(cls, bytes) else str(cls)) in ("char", "cell"):
+            continue
+        out[base] = np.asarray(ds[()], dtype=np.float64).reshape(-1)
+    return out
+
+
+def _dataset_metadata(f: Any, ds: Any, found: dict[str, tuple[tuple[int, ...], Any]], keys: dict[str, Any],
+                      path: Path) -> CubeMetadata:
+    """The cube's metadata: root attributes updated by the dataset's, then vector datasets for missing band centres /
+    widths. Attributes that do not read as the field they name are a warning (the pixels do not depend on them)."""
+    try:
+        attrs = {**_attributes(f), **_attributes(ds)}
+        meta = metadata_from_attributes(attrs, str(path))
+        vectors = _vector_datasets(f, found, keys)
+    except (InputValidationError, *_H5_ERRORS) as exc:
+        log.warning("%s: ignoring its metadata attributes: %s", path, exc)
+        return CubeMetadata()
+    for field in ("wavelengths", "fwhm"):
+        if getattr(meta, field) is None:
+            hit = next((vectors[n] for n in ATTRIBUTE_NAMES[field] if n in vectors), None)
+            if hit is not None:
+                setattr(meta, field, tuple(float(v) for v in hit))
+    return meta
+
+
+def write_attributes(ds: Any, meta: CubeMetadata) -> None:
+    """``meta`` as attributes of the dataset ``ds`` (lists of text as variable-length UTF-8 strings)."""
+    import h5py
+
+    for key, value in attributes_from_metadata(meta).items():
+        if key.startswith("MATLAB_"):
+            continue  # MATLAB's own attributes are the writer's
+        if isinstance(value, list):
+            ds.attrs.create(key, data=[str(v) for v in value], dtype=h5py.string_dtype())
+        else:
+            ds.attrs[key] = value
 
 
 def read_h5(path: Path, variable: str | None, layout: str | None, bands: int | None) -> HSICube:
@@ -127,6 +203,7 @@ class Hdf5Sink(RowSink):
         kwargs = {"userblock_size": self.userblock} if self.userblock else {}
         self.h5 = h5py.File(self.buffer, "w", **kwargs)
         self.arr = self.h5.create_dataset(self.variable, shape=shape, dtype=self.dtype, chunks=self.chunks(shape))
+        write_attributes(self.arr, self.metadata)
         # Reserve the space under the library: HDF5 writes within it cannot fail (a full disk while HDF5 writes its
         # chunks crashes the process), and at close the library truncates the file to its own end.
         fd = os.open(self.buffer, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))

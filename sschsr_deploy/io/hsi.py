@@ -15,6 +15,12 @@ envi       header parsed here, data ``np.memmap``     yes (memory map; bsq, bil 
 tiff       ``tifffile.memmap`` / ``tifffile.imread``  yes when uncompressed and contiguous, else loaded
 ========== ========================================== =====================================================
 
+Every reader fills :attr:`HSICube.metadata` (:class:`~sschsr_deploy.io.metadata.CubeMetadata`: band centres, FWHM,
+band names, georeference, nodata) from what its format holds (ENVI header keys, GeoTIFF tags through rasterio, HDF5 /
+MAT attributes and named vector variables, .npz members); fields that do not fit the band count are dropped with a
+warning. :class:`HSIWriter` writes the ``metadata`` it is given in the same forms (TIFF: a GeoTIFF through rasterio
+when there is something GDAL should know; .npy: nothing, the JSON sidecar carries it).
+
 Band order: ENVI's interleave and TIFF's sample axis say it; otherwise it is given (``layout="hwc"|"chw"``) or
 detected with :func:`detect_layout` (the axis equal to the model's band count, else a clearly smallest first or last
 axis), and an ambiguous shape raises :class:`~sschsr_deploy.errors.InputValidationError` asking for the layout.
@@ -35,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +60,8 @@ from sschsr_deploy.io.atomic import (
     temp_path_for,
     write_json_file,
 )
-from sschsr_deploy.io.cube import LAYOUTS, HSICube, _check_layout, _require_file, as_cube, detect_layout
+from sschsr_deploy.io.cube import LAYOUTS, HSICube, _check_layout, _require_file, _writer_layout, as_cube, detect_layout
+from sschsr_deploy.io.metadata import CubeMetadata
 from sschsr_deploy.io.signals import deferred_signals, fault_point, terminate_on_signals
 from sschsr_deploy.io.sink import RowSink
 from sschsr_deploy.io.space import check_space
@@ -99,9 +106,9 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # the reader and the writer's sink of each format
 _READERS = {"npy": npy.read_npy, "npz": npy.read_npz, "mat": mat.read_mat5, "mat73": mat.read_mat73,
             "h5": hdf5.read_h5, "envi": envi.read_envi, "tiff": tiff.read_tiff}
-_SINKS: dict[str, type[RowSink]] = {"npy": npy.NpySink, "npz": npy.NpzSink, "mat": mat.Mat5Sink,
-                                    "mat73": mat.Mat73Sink, "h5": hdf5.Hdf5Sink, "envi": envi.EnviSink,
-                                    "tiff": tiff.TiffSink}
+_SINKS: dict[str, Callable[..., RowSink]] = {"npy": npy.NpySink, "npz": npy.NpzSink, "mat": mat.Mat5Sink,
+                                             "mat73": mat.Mat73Sink, "h5": hdf5.Hdf5Sink, "envi": envi.EnviSink,
+                                             "tiff": tiff.tiff_sink}
 
 
 def format_from_path(path: PathLike, format: str | None = None) -> str:
@@ -193,18 +200,21 @@ def list_variables(path: PathLike) -> dict[str, tuple[int, ...]]:
 
 
 def _make_sink(path: Path, shape_hwc: tuple[int, int, int], dtype: np.dtype, format: str | None, layout: str,
-               variable: str, temp: Any) -> RowSink:
+               variable: str, temp: Any, metadata: CubeMetadata | None = None) -> RowSink:
+    """The sink of ``path``'s format; ``metadata`` is checked against the band count first (a clear error)."""
     fmt = format_from_path(path, format)
-    return _SINKS[fmt](path, shape_hwc, dtype, _check_layout(layout) or "hwc", variable, temp)
+    meta = (metadata or CubeMetadata()).check(shape_hwc[2], str(path))
+    return _SINKS[fmt](path, shape_hwc, dtype, _writer_layout(layout, fmt), variable, temp, meta)
 
 
 def check_output_space(path: PathLike, shape_hwc: Sequence[int], dtype: Any = np.float32, *, format: str | None = None,
-                       layout: str = "hwc") -> int:
+                       layout: str = "hwc", metadata: CubeMetadata | None = None) -> int:
     """Raise :class:`~sschsr_deploy.errors.OutputSpaceError` unless an H x W x C output in ``format`` fits beside
-    ``path`` (free space and file size limit); returns the bytes it needs. Cheap: for before a run's compute."""
+    ``path`` (free space and file size limit); returns the bytes it needs. Cheap: for before a run's compute. Also
+    refuses, as :class:`HSIWriter` would, a ``layout`` the format cannot write and ``metadata`` it cannot hold."""
     p = Path(path)
     h, w, c = (int(v) for v in shape_hwc)
-    sink = _make_sink(p, (h, w, c), np.dtype(dtype), format, layout, "hsi", temp_path_for)
+    sink = _make_sink(p, (h, w, c), np.dtype(dtype), format, layout, "hsi", temp_path_for, metadata)
     need = sink.space_needed()
     check_space(p, need)
     return need
@@ -214,8 +224,10 @@ class HSIWriter:
     """Stream an H x W x C cube into a file, atomically: rows go to a temp file that replaces ``path`` on commit.
 
     Use as a context manager (commits on success, deletes the temp file on any exception) or call :meth:`commit` /
-    :meth:`abort`. ``layout`` is the on-disk band order (``"hwc"`` or ``"chw"``; ENVI: bip / bsq; TIFF: contiguous
-    samples / planar). ``variable`` names the array in .npz / .mat / .h5 files.
+    :meth:`abort`. ``layout`` is the on-disk band order (``"hwc"`` or ``"chw"``, or ENVI's names ``"bip"`` (= hwc) /
+    ``"bsq"`` (= chw); ENVI also ``"bil"``, H x C x W; TIFF: contiguous samples / planar). ``variable`` names the array
+    in .npz / .mat / .h5 files. ``metadata`` is written where the format can hold it (see the module docstring); it
+    must fit the band count (:meth:`CubeMetadata.check`).
 
     Opening removes stale temp files of dead runs beside ``path``, checks the free space (``OutputSpaceError``) and
     reserves the file's size. While the writer is open, SIGTERM / SIGHUP raise
@@ -233,15 +245,18 @@ class HSIWriter:
         format: str | None = None,
         layout: str = "hwc",
         variable: str = "hsi",
+        metadata: CubeMetadata | None = None,
     ) -> None:
         self.path = check_writable(path)
         self.format = format_from_path(self.path, format)
-        self.layout = _check_layout(layout) or "hwc"
+        self.layout = _writer_layout(layout, self.format)
         self.variable = variable
         self.dtype = np.dtype(dtype)
         h, w, c = (int(s) for s in shape_hwc)
         self.shape_hwc = (h, w, c)
-        self._sink = _make_sink(self.path, self.shape_hwc, self.dtype, self.format, self.layout, variable, self._temp)
+        self.metadata = metadata if metadata is not None else CubeMetadata()
+        self._sink = _make_sink(self.path, self.shape_hwc, self.dtype, self.format, self.layout, variable, self._temp,
+                                self.metadata)
         self.disk_shape = self._sink.disk_shape
         self._temps: list[Path] = []
         self._pairs: list[tuple[Path, Path]] | None = None
@@ -362,13 +377,16 @@ def write_hsi(
     layout: str = "hwc",
     variable: str = "hsi",
     dtype: Any = None,
+    metadata: CubeMetadata | None = None,
 ) -> Path:
-    """Write a whole cube (``layout_in`` order, H x W x C by default) atomically in ``format`` / on-disk ``layout``."""
+    """Write a whole cube (``layout_in`` order, H x W x C by default) atomically in ``format`` / on-disk ``layout``
+    (see :class:`HSIWriter`), with ``metadata``."""
     arr = np.asarray(cube)
     if arr.ndim != 3:
         raise InputValidationError(f"cube must be 3-D; got shape {arr.shape}")
     if _check_layout(layout_in) == "chw":
         arr = arr.transpose(1, 2, 0)
-    with HSIWriter(path, arr.shape, dtype or arr.dtype, format=format, layout=layout, variable=variable) as w:
+    with HSIWriter(path, arr.shape, dtype or arr.dtype, format=format, layout=layout, variable=variable,
+                   metadata=metadata) as w:
         w.write(arr)
     return Path(path)

@@ -1,5 +1,10 @@
 """MATLAB files: v5 ``.mat`` (``scipy.io``; a variable read whole, written whole at commit, 2 GiB per variable) and
 v7.3 (HDF5 with MATLAB's header in the user block and the column-major axes reversed; read lazily, written by rows).
+
+Metadata: v7.3 files as HDF5 (:mod:`.hdf5`: attributes of the dataset, band-centre vectors); v5 files hold it as
+variables beside the cube, named as in :data:`~sschsr_deploy.io.metadata.ATTRIBUTE_NAMES` (``wavelength``,
+``fwhm``, ``nodata``, ``geotransform`` numeric; ``crs``, ``description``, ``wavelength_units`` char; ``band_names``
+a cell), read in the same child process as the cube.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.cube import HSICube, _cube_from_array, _pick_variable
 from sschsr_deploy.io.hdf5 import Hdf5Sink, read_dataset
+from sschsr_deploy.io.metadata import VARIABLE_NAMES, metadata_from_variables, variables_from_metadata
 from sschsr_deploy.io.sink import BufferedSink
 
 _MAT73_USERBLOCK = 512
@@ -36,10 +42,19 @@ def read_mat5(path: Path, variable: str | None, layout: str | None, bands: int |
     (once in each process).
     """
     with _Mat5Process(path) as worker:
-        info = {name: (tuple(shape), _MAT_CLASSES.get(cls, "O")) for name, shape, cls in worker.variables()}
+        listing = worker.variables()
+        info = {name: (tuple(shape), _MAT_CLASSES.get(cls, "O")) for name, shape, cls in listing}
         name = _pick_variable(path, info, variable)
+        wanted = [n for n, shape, _ in listing
+                  if n != name and n in VARIABLE_NAMES and int(np.prod(shape)) <= _META_MAX]
+        values = worker.small_values(wanted) if wanted else {}
         arr = worker.load(name)
-    return _cube_from_array(arr, path, "mat", name, layout, bands, lazy=False)
+    meta = metadata_from_variables({k: np.asarray(v) if isinstance(v, list) and not any(isinstance(x, str) for x in v)
+                                    else v for k, v in values.items()}, str(path))
+    return _cube_from_array(arr, path, "mat", name, layout, bands, lazy=False, metadata=meta)
+
+
+_META_MAX = 1 << 16  # elements of a variable read as metadata
 
 
 _WORKER = Path(__file__).with_name("_mat5_worker.py")
@@ -58,6 +73,12 @@ class _Mat5Process:
     def variables(self) -> list[tuple[str, tuple[int, ...], str]]:
         return [(str(n), tuple(int(s) for s in shape), str(c)) for n, shape, c in self._message()["vars"]]
 
+    def small_values(self, names: list[str]) -> dict[str, Any]:
+        """The metadata variables ``names`` as the worker sends them (numbers as lists, text, lists of text)."""
+        self._send({"meta": names})
+        values = self._message().get("meta")
+        return values if isinstance(values, dict) else {}
+
     def load(self, name: str) -> np.ndarray:
         self._send(name)
         head = self._message()
@@ -74,7 +95,7 @@ class _Mat5Process:
             raise self._died()
         return arr.T if head["fortran"] else arr
 
-    def _send(self, name: str | None) -> None:
+    def _send(self, name: str | dict[str, Any] | None) -> None:
         try:
             self.proc.stdin.write(json.dumps(name).encode() + b"\n")  # type: ignore[union-attr]
             self.proc.stdin.flush()  # type: ignore[union-attr]
@@ -151,7 +172,9 @@ class Mat5Sink(BufferedSink):
     def save_whole(self, tmp: Path, data: np.ndarray) -> None:
         import scipy.io
 
-        scipy.io.savemat(tmp, {self.variable: data}, do_compression=False, appendmat=False)
+        variables = {k: (np.array(v, dtype=object) if isinstance(v, list) else v)  # a list of text: a cell array
+                     for k, v in variables_from_metadata(self.metadata).items() if k != self.variable}
+        scipy.io.savemat(tmp, {**variables, self.variable: data}, do_compression=False, appendmat=False)
 
 
 def read_mat73(path: Path, variable: str | None, layout: str | None, bands: int | None) -> HSICube:

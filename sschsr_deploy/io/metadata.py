@@ -14,6 +14,7 @@ upper-left corner of the image (the convention GDAL's ENVI driver uses).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ from typing import Any
 
 from sschsr_deploy.errors import InputValidationError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "ATTRIBUTE_NAMES",
+    "VARIABLE_NAMES",
     "ENVI_LAYOUT_KEYS",
     "WAVELENGTH_UNITS",
     "CubeMetadata",
@@ -33,9 +37,11 @@ __all__ = [
     "format_map_info",
     "metadata_from_attributes",
     "metadata_from_envi",
+    "metadata_from_variables",
     "parse_envi_list",
     "parse_map_info",
     "to_nanometres",
+    "variables_from_metadata",
 ]
 
 #: Accepted wavelength units and their factor to nanometres (ENVI ``wavelength units`` spellings included).
@@ -231,6 +237,37 @@ class CubeMetadata:
         if self.nodata is not None and math.isinf(self.nodata):
             raise InputValidationError(f"{source}: nodata value {self.nodata} is infinite")
         return self
+
+    def validated(self, bands: int, source: str = "cube") -> CubeMetadata:
+        """A copy fit for a cube of ``bands`` bands, for readers: where :meth:`check` would refuse a field (a list
+        whose length is not the band count, non-finite band centres, a unit that does not convert to nanometres, an
+        infinite nodata), a warning naming ``source``, the key and the counts, and that field dropped. An input file
+        with a stale header should still be processed (the band-count rule then applies); never raises."""
+        out = dataclasses.replace(self, extra=dict(self.extra))
+
+        def drop(name: str, why: str) -> None:
+            log.warning("%s: ignoring the %s: %s", source, name.replace("_", " "), why)
+            setattr(out, name, None)
+
+        for name in ("wavelengths", "fwhm", "band_names"):
+            values = getattr(out, name)
+            if values is not None and len(values) != bands:
+                drop(name, f"{len(values)} values for {bands} bands")
+        for name in ("wavelengths", "fwhm"):
+            values = getattr(out, name)
+            if values is not None and not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                drop(name, "not all values are finite numbers")
+        if out.wavelengths is not None or out.fwhm is not None:
+            try:
+                to_nanometres(out.wavelengths or out.fwhm or (), out.wavelength_units)
+            except InputValidationError as exc:
+                for name in ("wavelengths", "fwhm"):
+                    if getattr(out, name) is not None:
+                        drop(name, str(exc))
+                out.wavelength_units = None
+        if out.nodata is not None and not (isinstance(out.nodata, int | float) and not math.isinf(out.nodata)):
+            drop("nodata", f"value {out.nodata!r} is not a finite number or NaN")
+        return out
 
     @property
     def wavelengths_nm(self) -> tuple[float, ...] | None:
@@ -514,4 +551,73 @@ def attributes_from_metadata(meta: CubeMetadata) -> dict[str, Any]:
             out["crs"] = meta.geo.crs
     for k, v in meta.extra.items():
         out.setdefault(k, v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# loose variables (.npz members, MATLAB v5 variables): the fields a file holds as arrays of their own
+
+_NUMERIC_FIELDS = ("wavelengths", "fwhm", "nodata", "transform")
+_TEXT_FIELDS = ("crs", "description", "wavelength_units")
+#: variable names read as metadata from .npz / MAT v5 files (vectors, scalars and text named as the attributes)
+VARIABLE_NAMES = frozenset(n for f in (*_NUMERIC_FIELDS, *_TEXT_FIELDS, "band_names") for n in ATTRIBUTE_NAMES[f])
+
+
+def _as_text(value: Any) -> str | None:
+    import numpy as np
+
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U" and value.size == 1:
+        return str(value.reshape(-1)[0])
+    return None
+
+
+def metadata_from_variables(values: Mapping[str, Any], source: str = "variables") -> CubeMetadata:
+    """Metadata from variables stored beside the cube (.npz members, MATLAB v5 variables), named as in
+    :data:`ATTRIBUTE_NAMES`: numeric arrays for band centres / widths / nodata / geotransform, text (``str`` or a
+    one-element string array) for crs / description / unit, a list or 1-D string array for band names. Variables
+    of another kind, or that do not read as their field, are left out with a warning: they are guesses by name, and
+    the cube does not depend on them. Never raises."""
+    import numpy as np
+
+    attrs: dict[str, Any] = {}
+    for name, value in values.items():
+        field_name = next((f for f, names in ATTRIBUTE_NAMES.items() if name in names), None)
+        if field_name in _NUMERIC_FIELDS:
+            arr = np.asarray(value) if not isinstance(value, str) else None
+            if arr is None or arr.dtype.kind not in "biuf" or arr.size == 0:
+                log.warning("%s: ignoring the variable %r: not numeric", source, name)
+                continue
+            attrs[name] = arr.astype(np.float64).reshape(-1)
+        elif field_name in _TEXT_FIELDS:
+            text = _as_text(value)
+            if text is None:
+                log.warning("%s: ignoring the variable %r: not text", source, name)
+                continue
+            attrs[name] = text
+        elif field_name == "band_names":
+            items = [value] if isinstance(value, str) else list(np.asarray(value, dtype=object).reshape(-1))
+            if not all(isinstance(v, str) for v in items):
+                log.warning("%s: ignoring the variable %r: not a list of text", source, name)
+                continue
+            attrs[name] = items
+    try:
+        return metadata_from_attributes(attrs, source)
+    except InputValidationError as exc:
+        log.warning("%s: ignoring its metadata variables: %s", source, exc)
+        return CubeMetadata()
+
+
+def variables_from_metadata(meta: CubeMetadata) -> dict[str, Any]:
+    """The variables :func:`metadata_from_variables` reads back: float64 arrays (a 0-d one for nodata), ``str`` for
+    text, ``list[str]`` for band names (the caller stores it as its format's list of text). Passed-through keys
+    (``extra``) are not included: loose variables of those names would be taken for the file's own data."""
+    out = attributes_from_metadata(dataclasses.replace(meta, extra={}))
+    if "nodata" in out:
+        import numpy as np
+
+        out["nodata"] = np.float64(out["nodata"])
     return out

@@ -1,5 +1,9 @@
 """NumPy files: ``.npy`` (read as a memory map, written as one in place) and ``.npz`` (a selected member read whole,
-written whole at commit)."""
+written whole at commit).
+
+Metadata: a .npy file has room for none (the pipeline's JSON sidecar carries it); an .npz file holds it as members
+beside the cube, named as in :data:`~sschsr_deploy.io.metadata.ATTRIBUTE_NAMES` (0-d / 1-d numeric arrays, string
+arrays for text; :func:`~sschsr_deploy.io.metadata.metadata_from_variables`)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.cube import HSICube, _corrupt, _cube_from_array, _pick_variable
+from sschsr_deploy.io.metadata import VARIABLE_NAMES, metadata_from_variables, variables_from_metadata
 from sschsr_deploy.io.sink import BufferedSink, RowSink, npy_header
 
 
@@ -46,11 +51,20 @@ def read_npz(path: Path, variable: str | None, layout: str | None, bands: int | 
             shapes = {k: _npz_member_shape(z, k, path) for k in z.files}
             name = _pick_variable(path, shapes, variable)
             arr = z[name]
+            values = {}
+            for key, (shape, dtype) in shapes.items():
+                if key != name and key in VARIABLE_NAMES and len(shape) <= 1 and np.prod(shape) <= _META_MAX \
+                        and dtype.kind in "biufU":
+                    values[key] = z[key]
     except InputValidationError:
         raise
     except Exception as exc:  # zlib.error, BadZipFile, NotImplementedError (compression), struct.error, …
         raise _corrupt(path, "npz", exc) from exc
-    return _cube_from_array(arr, path, "npz", name, layout, bands, lazy=False)
+    meta = metadata_from_variables(values, str(path))
+    return _cube_from_array(arr, path, "npz", name, layout, bands, lazy=False, metadata=meta)
+
+
+_META_MAX = 1 << 16  # elements of a member read as metadata (band centres of a few hundred bands, text)
 
 
 def _npz_member_shape(z: Any, key: str, path: Path | str = "the archive") -> tuple[tuple[int, ...], Any]:
@@ -95,5 +109,7 @@ class NpzSink(BufferedSink):
     """Writes the whole array as the one member ``variable`` of an .npz file at commit."""
 
     def save_whole(self, tmp: Path, data: np.ndarray) -> None:
+        members = {k: (np.asarray(v, dtype=str) if isinstance(v, list) else np.asarray(v))
+                   for k, v in variables_from_metadata(self.metadata).items() if k != self.variable}
         with open(tmp, "wb") as f:
-            np.savez(f, **{self.variable: data})
+            np.savez(f, **members, **{self.variable: data})

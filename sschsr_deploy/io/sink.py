@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from sschsr_deploy.io.metadata import CubeMetadata
 from sschsr_deploy.io.space import pwrite_all, reserve_space, space_errors
 
 #: bytes allowed beyond the array's for headers and metadata when checking the free space before a run
@@ -26,7 +27,9 @@ class RowSink:
     """One output file being written: :meth:`open` creates its temp file(s) (each path taken from ``temp``, which
     registers it for deletion), :meth:`store` writes rows, :meth:`finish` completes and fsyncs the temp file(s) and
     returns the (temp, target) pairs to rename in that order, :meth:`close` drops open handles (the writer deletes the
-    temp files). ``disk_shape`` is the on-disk array's shape: H x W x C for ``layout="hwc"``, C x H x W for ``"chw"``.
+    temp files). ``disk_shape`` is the on-disk array's shape: H x W x C for ``layout="hwc"``, C x H x W for ``"chw"``,
+    H x C x W for ``"bil"`` (ENVI only). ``metadata`` (already checked against the band count by the writer) is for
+    the sink to write in whatever form its format holds.
 
     The default implementation writes a raw array after a header: :meth:`open` calls :meth:`open_raw` with the header
     bytes; the array starts at ``self.data_offset`` of the file ``self.buffer`` (open as ``self.fd``)."""
@@ -34,11 +37,12 @@ class RowSink:
     file_dtype: np.dtype
 
     def __init__(self, path: Path, shape_hwc: tuple[int, int, int], dtype: np.dtype, layout: str, variable: str,
-                 temp: Callable[[Path], Path]) -> None:
+                 temp: Callable[[Path], Path], metadata: CubeMetadata | None = None) -> None:
         h, w, c = shape_hwc
         self.path = path
         self.shape_hwc = shape_hwc
-        self.disk_shape = (h, w, c) if layout == "hwc" else (c, h, w)
+        self.disk_shape = {"hwc": (h, w, c), "chw": (c, h, w), "bil": (h, c, w)}[layout]
+        self.metadata = metadata if metadata is not None else CubeMetadata()
         self.dtype = dtype
         self.file_dtype = dtype
         self.layout = layout
@@ -80,6 +84,9 @@ class RowSink:
         data = block.astype(self.file_dtype, copy=False)
         if self.layout == "hwc":
             pwrite_all(self.fd, np.ascontiguousarray(data), self.data_offset + y0 * w * c * size, self.path)
+        elif self.layout == "bil":  # each row: its line of every band in turn, so n rows are one contiguous run
+            pwrite_all(self.fd, np.ascontiguousarray(data.transpose(0, 2, 1)), self.data_offset + y0 * c * w * size,
+                       self.path)
         else:
             bands = np.ascontiguousarray(data.transpose(2, 0, 1))
             for b in range(c):

@@ -257,6 +257,9 @@ def test_envi_wrong_data_type_with_the_same_size_is_refused(tmp_path):
     ("halves as f8", np.round(CUBE * 64).astype(np.float64) / 64),
     ("counts as f4", np.round(CUBE * 65535).astype(np.float32)),
     ("mostly NaN f4", np.where(CUBE < 0.7, np.nan, CUBE).astype(np.float32)),
+    # a narrow range (one or two float32 exponents): its value pairs read as plausible float64 in both pairings
+    ("narrow range f4", (0.3 + 0.4 * CUBE).astype(np.float32)),
+    ("narrow range f4 big-endian", (0.3 + 0.4 * CUBE).astype(">f4")),
     ("zeros f4", np.zeros((16, 12, 5), np.float32)),
     ("big-endian f4", CUBE.astype(">f4")),
     ("int16 counts", np.round(CUBE * 4095).astype(np.int16)),
