@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
 
-__all__ = ["METHODS", "BandMapping", "default_model_wavelengths", "plan_band_mapping"]
+__all__ = ["METHODS", "BandMapping", "BandMappedCube", "default_model_wavelengths", "plan_band_mapping"]
 
 METHODS = ("auto", "identity", "nearest", "gaussian")
 
@@ -137,3 +138,67 @@ def plan_band_mapping(
             weights[np.flatnonzero(empty), near] = 1.0
         weights /= weights.sum(axis=1, keepdims=True)
     return BandMapping(method, tuple(float(v) for v in src), tuple(float(v) for v in tgt), weights)
+
+
+class BandMappedCube:
+    """A cube seen through a :class:`BandMapping`: regions are read from the source cube (only the bands that
+    contribute) and returned with the model's bands (float32), so the rest of the pipeline sees a cube of the model's
+    band count. With ``nodata``, a pixel holding it (or NaN, for ``nodata=nan``) in any contributing source band is
+    nodata in every mapped band (integrating it would smear the fill value into the spectrum). Band selection
+    (``identity`` / ``nearest``) keeps the source's values and dtype; integration gives float32.
+
+    Duck-types :class:`~sschsr_deploy.io.cube.HSICube` for the readers of a scene (``shape``, ``dtype``, ``read``,
+    ``source``); ``path``, ``format``, ``layout``, ``metadata`` … are the source's."""
+
+    def __init__(self, cube: Any, mapping: BandMapping, nodata: float | None = None) -> None:
+        if cube.bands != len(mapping.source_nm):
+            raise InputValidationError(
+                f"band mapping expects {len(mapping.source_nm)} input bands; the cube has {cube.bands}")
+        self.cube = cube
+        self.mapping = mapping
+        self.nodata = nodata
+        self._used = [int(i) for i in np.flatnonzero(mapping.weights.any(axis=0))]
+        self._weights = mapping.weights[:, self._used].astype(np.float32)
+        idx = mapping.source_indices  # band selection: exact values, the source's dtype
+        self._pick = None if idx is None else [self._used.index(i) for i in idx]
+        self.shape = (cube.shape[0], cube.shape[1], len(mapping.target_nm))
+        self.dtype = np.dtype(cube.dtype) if self._pick is not None else np.dtype(np.float32)
+
+    @property
+    def height(self) -> int:
+        return self.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.shape[1]
+
+    @property
+    def bands(self) -> int:
+        return self.shape[2]
+
+    def read(self, rows: slice | None = None, cols: slice | None = None,
+             bands: Sequence[int] | slice | None = None) -> np.ndarray:
+        """A region (H x W x model bands), mapped from the source's contributing bands."""
+        block = self.cube.read(rows, cols, self._used)
+        if self._pick is not None:
+            out = np.ascontiguousarray(block[:, :, self._pick])
+        else:
+            out = np.tensordot(block.astype(np.float32, copy=False), self._weights.T, axes=([-1], [0]))
+        if self.nodata is not None:
+            if math.isnan(self.nodata):
+                mask = np.isnan(block).any(axis=2) if np.issubdtype(block.dtype, np.floating) else None
+            else:
+                mask = (block == self.nodata).any(axis=2)
+            if mask is not None and mask.any():
+                out[mask] = self.nodata
+        if bands is None:
+            return out
+        return out[:, :, bands] if isinstance(bands, slice) else out[:, :, [int(b) for b in bands]]
+
+    def __getattr__(self, name: str) -> Any:  # path, format, layout, variable, lazy, source, metadata, close …
+        if name == "cube":
+            raise AttributeError(name)
+        return getattr(self.cube, name)
+
+    def __repr__(self) -> str:
+        return f"BandMappedCube({self.mapping.method}, {self.cube!r} -> {self.bands} bands)"

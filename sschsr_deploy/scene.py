@@ -10,6 +10,9 @@ and whole-image callers (training samples, tests) go through the same code and t
 One rule for a reference that is slightly off size: a photo within :data:`REF_SIZE_TOLERANCE` (2 %) of LR size x
 scale is resized to fit with a warning (sensor crops and odd sizes are common); anything further apart is refused.
 The building blocks (normalisation, degradation, histogram matching, validators) live in :mod:`.preprocess`.
+
+No-data pixels (a fill value such as -9999, or NaN) are masked out of the statistics and the matching, filled for the
+network and written back as nodata by the pipeline (:class:`PreparedScene`, :func:`fill_nodata`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from sschsr_deploy import preprocess
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.cube import HSICube, as_cube
 
-__all__ = ["REF_SIZE_TOLERANCE", "PreparedScene", "match_reference_size", "prepare_inputs"]
+__all__ = [
+    "REF_SIZE_TOLERANCE", "PreparedScene", "check_nodata", "fill_nodata", "match_reference_size", "prepare_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +115,11 @@ class PreparedScene:
 
     Windows are given in padded coordinates: rows / columns beyond the image are reflected back into it (the
     pipeline's padding to a multiple of 8 and to at least 128 px).
+
+    No data (``nodata``: a value, or NaN): pixels holding it in any band (:meth:`lr_mask`) are left out of the min /
+    max and of both histogram-matching distributions, and filled in every LR crop before upsampling
+    (:func:`fill_nodata`: the nearest valid pixel); :meth:`hr_mask` gives the HR pixels they cover, which the
+    pipeline writes back as nodata. A scene without masked pixels takes exactly the path without nodata.
     """
 
     def __init__(
@@ -120,9 +130,11 @@ class PreparedScene:
         rgb_bands: Sequence[int] = preprocess.DEFAULT_BANDS,
         normalize: bool = True,
         *,
+        nodata: float | None = None,
         sketch_capacity: int = preprocess.SKETCH_CAPACITY,
     ) -> None:
         self.scale = preprocess.check_scale(scale)
+        self.nodata = check_nodata(nodata)
         self.lr = lr
         h, w, c = lr.shape
         self.lr_height, self.lr_width, self.bands = h, w, c
@@ -137,9 +149,11 @@ class PreparedScene:
         for r0, r1 in self._bands():
             tmpl = self._template_rows(r0, r1)
             src = self._rgb_rows(r0, r1).astype(np.float32)
-            for ch in range(3):
-                template[ch].add(tmpl[:, :, ch])
-                source[ch].add(src[:, :, ch])
+            masked = self.hr_mask(r0 * self.scale, r1 * self.scale) if self.masked_pixels else None
+            valid = None if masked is None else ~masked
+            for ch in range(3):  # no-data pixels stay out of both distributions
+                template[ch].add(tmpl[:, :, ch] if valid is None else tmpl[:, :, ch][valid])
+                source[ch].add(src[:, :, ch] if valid is None else src[:, :, ch][valid])
             del tmpl, src
             self.release_pages()
         #: per channel, the points (upsampled pseudo-RGB value, matched value) of the histogram-matching map, float32:
@@ -165,13 +179,24 @@ class PreparedScene:
 
     # ------------------------------------------------------------------ the streaming passes
     def _stats(self) -> tuple[float, float]:
-        """Global min and max of the LR cube (float64), read in row chunks; rejects NaN / inf and values whose
-        range float32 cannot hold (the network runs in float32 and the output is scaled back by max - min)."""
+        """Global min and max of the LR cube's valid pixels (float64), read in row chunks; rejects NaN / inf and values
+        whose range float32 cannot hold (the network runs in float32 and the output is scaled back by max - min).
+        With a nodata value, masked pixels (:meth:`lr_mask`) are left out and counted (``masked_pixels``), and the
+        valid pixels' band means are kept (the fill of a crop without any valid pixel)."""
         lo, hi, bad = math.inf, -math.inf, 0
+        self.masked_pixels = 0
+        sums = np.zeros(self.bands, dtype=np.float64)
+        count = 0
         row_bytes = max(1, self.lr_width * self.bands * self.lr.dtype.itemsize)
         step = max(1, STATS_CHUNK_BYTES // row_bytes)
         for r0 in range(0, self.lr_height, step):
             block = self.lr.read(rows=slice(r0, min(self.lr_height, r0 + step)))
+            mask = self.lr_mask(block)
+            if mask is not None:
+                self.masked_pixels += int(np.count_nonzero(mask))
+                block = block[~mask]  # n x C: the valid pixels
+                if not block.size:
+                    continue
             if np.issubdtype(block.dtype, np.floating):
                 finite = np.isfinite(block)
                 n_bad = block.size - int(np.count_nonzero(finite))
@@ -181,11 +206,25 @@ class PreparedScene:
                     continue
             lo = min(lo, float(block.min()))
             hi = max(hi, float(block.max()))
+            if self.nodata is not None:
+                flat = block.reshape(-1, self.bands)
+                sums += flat.sum(axis=0, dtype=np.float64)
+                count += flat.shape[0]
         if bad:
+            hint = " (or give their marker as the nodata value: --nodata nan)" if self.nodata is None else ""
             raise InputValidationError(
                 f"LR cube contains {bad} non-finite value(s) (NaN or inf); all values must be finite (fill or mask "
-                "dead pixels first)"
+                f"dead pixels first{hint})"
             )
+        if self.masked_pixels == self.lr_height * self.lr_width:
+            raise InputValidationError(
+                f"every pixel of the LR cube is nodata (value {self.nodata!r} in at least one band): nothing to "
+                "super-resolve; check the nodata value"
+            )
+        self.band_means = sums / max(count, 1)
+        if self.masked_pixels:
+            log.info("%d of %d LR pixels are nodata (%r): left out of the statistics, filled for the network",
+                     self.masked_pixels, self.lr_height * self.lr_width, self.nodata)
         if max(abs(lo), abs(hi), hi - lo) > FLOAT32_LIMIT:
             raise InputValidationError(
                 f"LR cube values span [{lo!r}, {hi!r}]: beyond what float32 can hold (values and max - min must stay "
@@ -197,6 +236,43 @@ class PreparedScene:
                 f"LR cube is constant (min == max == {lo!r}): min-max normalisation is impossible"
             )
         return lo, hi
+
+    # ------------------------------------------------------------------ nodata
+    def lr_mask(self, block: np.ndarray) -> np.ndarray | None:
+        """The no-data pixels of an LR block (h x w x C → h x w bool; a pixel is no-data when any of its bands holds
+        the nodata value, or is NaN for ``nodata=nan``: its spectrum is incomplete), ``None`` when there are none."""
+        if self.nodata is None:
+            return None
+        if math.isnan(self.nodata):
+            mask = np.isnan(block).any(axis=2) if np.issubdtype(block.dtype, np.floating) else None
+        else:
+            mask = (block == self.nodata).any(axis=2)
+        return mask if mask is not None and mask.any() else None
+
+    def hr_mask(self, y0: int, y1: int) -> np.ndarray | None:
+        """The no-data pixels of HR rows ``y0 .. y1`` (n x W bool: an LR pixel's mask covers its scale x scale HR
+        pixels), ``None`` when the rows have none (always, for a scene without nodata)."""
+        if not self.masked_pixels:
+            return None
+        s = self.scale
+        r0, r1 = y0 // s, -(-y1 // s)
+        mask = self.lr_mask(self.lr.read(rows=slice(r0, r1)))
+        if mask is None:
+            return None
+        return np.repeat(np.repeat(mask, s, axis=0), s, axis=1)[y0 - r0 * s:y1 - r0 * s]
+
+    def _lr_block(self, rows: slice, cols: slice | None = None, bands: Sequence[int] | None = None) -> np.ndarray:
+        """An LR crop as normalised float64, its no-data pixels filled first (:func:`fill_nodata`)."""
+        if not self.masked_pixels:
+            return self._normalized(self.lr.read(rows=rows, cols=cols, bands=bands))
+        block = self.lr.read(rows=rows, cols=cols)
+        mask = self.lr_mask(block)
+        x = block.astype(np.float64)
+        if mask is not None:
+            x = fill_nodata(x, mask, self.band_means)
+        if bands is not None:
+            x = x[:, :, list(bands)]
+        return self._normalized(x)
 
     def _bands(self) -> Iterator[tuple[int, int]]:
         """LR row bands of about :data:`BAND_PIXELS` HR pixels (the whole image when it is not larger)."""
@@ -224,11 +300,11 @@ class PreparedScene:
         """HR rows ``r0 * s .. r1 * s`` of the upsampled, normalised pseudo-RGB bands (float64, unclipped)."""
         s = self.scale
         b0, b1 = self._bordered(r0, r1)
-        block = self._normalized(self.lr.read(rows=slice(b0, b1), bands=self.rgb_bands))
+        block = self._lr_block(slice(b0, b1), bands=self.rgb_bands)
         return preprocess.bicubic_upsample(block, s)[(r0 - b0) * s:(r1 - b0) * s]
 
     def _normalized(self, block: np.ndarray) -> np.ndarray:
-        x = block.astype(np.float64)
+        x = block.astype(np.float64, copy=False)
         if self.normalize:
             return (x - self.lo) / (self.hi - self.lo)  # the formula of preprocess.minmax_normalize
         return x
@@ -242,7 +318,7 @@ class PreparedScene:
         c_lo, c_hi = int(cols.min()), int(cols.max()) + 1
         lr_r0, lr_r1 = max(0, r_lo // s - LR_BORDER), min(self.lr_height, -(-r_hi // s) + LR_BORDER)
         lr_c0, lr_c1 = max(0, c_lo // s - LR_BORDER), min(self.lr_width, -(-c_hi // s) + LR_BORDER)
-        block = self._normalized(self.lr.read(rows=slice(lr_r0, lr_r1), cols=slice(lr_c0, lr_c1)))
+        block = self._lr_block(slice(lr_r0, lr_r1), slice(lr_c0, lr_c1))
         at = np.ix_(rows - lr_r0 * s, cols - lr_c0 * s)
         cube = preprocess.bicubic_upsample(block, s)[at]
         rgb = preprocess.bicubic_upsample(np.ascontiguousarray(block[:, :, self.rgb_bands]), s)[at]
@@ -275,6 +351,39 @@ class PreparedScene:
         block *= np.float32(self.hi - self.lo)
         block += np.float32(self.lo)
         return block
+
+
+def check_nodata(nodata: Any) -> float | None:
+    """``None``, a finite number or NaN (``"nan"`` accepted): the LR cube's no-data marker."""
+    if nodata is None:
+        return None
+    try:
+        value = float(nodata)
+    except (TypeError, ValueError):
+        raise InputValidationError(f"nodata must be a number or 'nan'; got {nodata!r}") from None
+    if math.isinf(value):
+        raise InputValidationError(f"nodata must be a finite number or nan; got {nodata!r}")
+    return value
+
+
+def fill_nodata(block: np.ndarray, mask: np.ndarray, band_means: np.ndarray) -> np.ndarray:
+    """``block`` (h x w x C float) with its masked pixels (h x w) replaced for the network: each by the nearest valid
+    pixel of the block (Euclidean distance transform), or by the valid pixels' band means when the block has none.
+
+    Why nearest-valid: the bicubic upsampling and the network's receptive field reach a few pixels into a no-data
+    region, so the values there shape the valid pixels next to it. A copy of the nearest spectrum continues the
+    image smoothly (a fill row between two valid rows takes its neighbours' values), where a constant (0, the band
+    mean, the nodata value itself) would put an edge there. The fill is computed per crop (the window plus its LR
+    border), so memory stays bounded; masked pixels themselves are written back as nodata.
+    """
+    if mask.all():
+        out = np.empty_like(block)
+        out[...] = band_means.astype(block.dtype)
+        return out
+    from scipy import ndimage
+
+    iy, ix = ndimage.distance_transform_edt(mask, return_distances=False, return_indices=True)
+    return block[iy, ix]
 
 
 def _chw_f32(img_hwc: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ caller passes is checked against it and a mismatch is an error, never silently o
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -240,6 +241,7 @@ def load_model(
     if not path.is_file():
         raise InputValidationError(f"weights file not found: {path}")
     source_label = f"weights {path.name}"
+    wavelengths = None
     if path.suffix.lower() == ".safetensors":
         sd, file_meta = load_safetensors(path)
         defaults = _preset_meta(preset or file_meta.get("preset", ""), batchnorm_mode) \
@@ -250,6 +252,7 @@ def load_model(
         if have is not None and have != meta.bands:  # before building a model of the metadata's size
             raise CheckpointError(f"{source_label}: its metadata says {meta.bands} bands but its tensors are for "
                                   f"{have}; the file is damaged or was edited")
+        wavelengths = _wavelengths(file_meta.get("wavelengths"), meta.bands, source_label)
     else:
         sd = load_official_checkpoint(path)
         meta = _meta_from_args(_preset_meta(preset or "official", batchnorm_mode), requested)
@@ -265,7 +268,25 @@ def load_model(
     # name whatever file format they came in; the file's own hash is kept beside it
     info = {**_info(meta), "weights": path.name, "random_weights": False,
             "weights_sha256": state_dict_sha256(model), "weights_file_sha256": file_sha256(path)}
+    if wavelengths is not None:
+        info["wavelengths"] = list(wavelengths)
     return model.eval(), info
+
+
+def _wavelengths(raw: str | None, bands: int, source: str) -> tuple[float, ...] | None:
+    """The model's band centres (nm) from the optional metadata key ``wavelengths`` (comma-separated): what cubes
+    measured at other wavelengths are mapped onto (:mod:`sschsr_deploy.bands`); one per band, increasing."""
+    if raw is None:
+        return None
+    try:
+        values = tuple(float(v) for v in str(raw).split(","))
+    except ValueError:
+        raise InputValidationError(f"{source}: metadata wavelengths={raw[:60]!r} is not a list of numbers") from None
+    if len(values) != bands or not all(math.isfinite(v) for v in values) or \
+            any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        raise InputValidationError(f"{source}: metadata wavelengths must be {bands} increasing finite band centres "
+                                   f"(nm); got {len(values)}")
+    return values
 
 
 def _meta_from_args(defaults: ModelMeta, requested: Mapping[str, Any]) -> ModelMeta:

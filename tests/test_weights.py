@@ -121,3 +121,22 @@ def test_cli_refuses_a_scale_the_weights_were_not_trained_for(tmp_path, capsys):
                "--weights", "tiny-x4", "--out", str(tmp_path / "out.npy"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "scale 8 was requested but it is 4" in err and not (tmp_path / "out.npy").exists()
+
+
+def test_model_wavelengths_from_the_weights_metadata(tmp_path):
+    """A model trained on other bands records its band centres; the pipeline maps cubes onto those."""
+    from sschsr_deploy.runtime import Pipeline
+
+    model, _ = load_model("tiny", random_weights=True, scale=4)
+    meta = ModelMeta.of(model, "tiny").to_metadata()
+    wl = [450.0 + 8.0 * i for i in range(31)]
+    path = tmp_path / "w.safetensors"
+    save_safetensors(model, path, metadata={**meta, "wavelengths": ",".join(map(str, wl))})
+    _, info = load_model(path)
+    assert info["wavelengths"] == wl
+    assert Pipeline.from_pretrained(path, quiet=True).model_wavelengths == tuple(wl)
+    assert Pipeline.from_pretrained("tiny-x4", quiet=True).model_wavelengths[::10] == (400.0, 500.0, 600.0, 700.0)
+    for bad in ("1,2,3", ",".join(map(str, wl[::-1])), "a,b"):
+        save_safetensors(model, path, metadata={**meta, "wavelengths": bad})
+        with pytest.raises(InputValidationError, match="wavelengths"):
+            load_model(path)

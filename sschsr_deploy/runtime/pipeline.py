@@ -40,8 +40,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sschsr_deploy import preprocess
+from sschsr_deploy.bands import BandMappedCube, default_model_wavelengths, plan_band_mapping
 from sschsr_deploy.errors import InputValidationError, NonFiniteOutputError
 from sschsr_deploy.io.hsi import HSICube, HSIWriter, as_cube, format_from_path, read_hsi
+from sschsr_deploy.io.metadata import CubeMetadata
 from sschsr_deploy.io.rgb import read_rgb
 from sschsr_deploy.runtime.backends import Backend, create_backend
 from sschsr_deploy.runtime.blender import StreamingBlender
@@ -56,14 +58,28 @@ from sschsr_deploy.runtime.planner import (
     resolve_tile,
 )
 from sschsr_deploy.runtime.streams import HostBatch, TileExecutor
-from sschsr_deploy.scene import PreparedScene
+from sschsr_deploy.scene import PreparedScene, check_nodata
 
-__all__ = ["Pipeline"]
+__all__ = ["Pipeline", "output_layout"]
 
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the pipeline
+
+_ENVI_INTERLEAVES = {"bip": "hwc", "bsq": "chw", "bil": "hwc"}
+
+
+def output_layout(input_layout: str | None, out_format: str, requested: str | None = None) -> str:
+    """The output's band order: ``requested`` when given, else the input's — an ENVI interleave (bsq / bil / bip)
+    kept as is for an ENVI output and as its band order (bsq → chw, bip / bil → hwc) for other formats."""
+    if requested:
+        return requested.lower()
+    lay = (input_layout or "hwc").lower()
+    if lay in _ENVI_INTERLEAVES:
+        return lay if out_format == "envi" else _ENVI_INTERLEAVES[lay]
+    return lay if lay in ("hwc", "chw") else "hwc"
+
 
 
 class Pipeline:
@@ -99,6 +115,8 @@ class Pipeline:
             metadata) when omitted.
         backend_options: extra keyword arguments for the backend (``threads`` for onnxruntime, ``cuda_graph`` /
             ``expect`` for tensorrt, ``check_inputs`` for torch).
+        model_wavelengths: the model's band centres in nm (default: recorded in its metadata, else 400–700 nm for
+            a 31-band model); cubes with other band centres are mapped onto them (:meth:`map_bands`).
     """
 
     def __init__(
@@ -121,6 +139,7 @@ class Pipeline:
         depth: int = 2,
         model_info: dict[str, Any] | None = None,
         backend_options: dict[str, Any] | None = None,
+        model_wavelengths: Sequence[float] | None = None,
     ) -> None:
         options = dict(backend_options or {})
         if not isinstance(model_or_engine, Backend):
@@ -160,6 +179,11 @@ class Pipeline:
         self.memory_budget = memory_budget
         self.executor = TileExecutor(self.backend, depth=depth)
         self._model_info = model_info
+        self._model_wavelengths = None if model_wavelengths is None else tuple(float(v) for v in model_wavelengths)
+        if self._model_wavelengths is not None and len(self._model_wavelengths) != self.backend.bands:
+            raise InputValidationError(f"model_wavelengths lists {len(self._model_wavelengths)} band centres for a "
+                                       f"{self.backend.bands}-band model")
+        self.last_band_mapping = None
         self.last_plan: TilePlan | None = None
         self.last_timings: dict[str, float] = {}
 
@@ -223,10 +247,73 @@ class Pipeline:
     # ------------------------------------------------------------------ core loop
     def _check_bands(self, cube: HSICube) -> None:
         if cube.bands != self.backend.bands:
+            wl = getattr(getattr(cube, "metadata", None), "wavelengths", None)
+            hint = ""
+            if wl is not None and self.model_wavelengths is None:
+                hint = "; its band centres cannot help: the model's are unknown (give them: model_wavelengths=)"
             raise InputValidationError(
                 f"the cube has {cube.bands} bands but the model expects {self.backend.bands} (wrong file or variable, "
-                "or build the model with a matching band count: --bands / SSCHSR.from_preset(..., bands=N))"
+                "or build the model with a matching band count: --bands / SSCHSR.from_preset(..., bands=N); a cube "
+                f"whose header lists its band centres is mapped onto the model's bands by wavelength){hint}"
             )
+
+    @property
+    def model_wavelengths(self) -> tuple[float, ...] | None:
+        """The model's band centres in nm: given to the constructor, recorded in the model's metadata
+        (``wavelengths``), or for a 31-band model the 400–700 nm, 10 nm grid the official data use; else ``None``
+        (cubes are then matched by band count only)."""
+        if self._model_wavelengths is not None:
+            return self._model_wavelengths
+        recorded = self.model_info().get("wavelengths")
+        if recorded:
+            return tuple(float(v) for v in recorded)
+        return default_model_wavelengths(31) if self.backend.bands == 31 else None
+
+    def map_bands(self, cube: Any, band_mapping: str = "auto", nodata: float | None = None) -> Any:
+        """``cube`` as the model's bands: unchanged when its band centres are unknown (``metadata.wavelengths``),
+        ``band_mapping="none"`` or they agree with :attr:`model_wavelengths`; else a
+        :class:`~sschsr_deploy.bands.BandMappedCube` (``"auto"``, ``"nearest"`` or ``"gaussian"``: see
+        :func:`~sschsr_deploy.bands.plan_band_mapping`). ``self.last_band_mapping`` records the mapping (or None)."""
+        self.last_band_mapping = None
+        if band_mapping not in ("auto", "nearest", "gaussian", "none"):
+            raise InputValidationError(
+                f"band_mapping must be auto, nearest, gaussian or none; got {band_mapping!r}")
+        if band_mapping == "none" or isinstance(cube, BandMappedCube):
+            return cube
+        meta = getattr(cube, "metadata", None)
+        source_nm = meta.wavelengths_nm if meta is not None else None
+        target_nm = self.model_wavelengths
+        if source_nm is None or target_nm is None:
+            if band_mapping != "auto":
+                what = "the cube's band centres" if source_nm is None else "the model's band centres"
+                raise InputValidationError(f"band_mapping={band_mapping!r} needs {what}, which are not known")
+            return cube
+        mapping = plan_band_mapping(source_nm, target_nm, method=band_mapping)
+        self.last_band_mapping = mapping
+        if mapping.is_identity:
+            return cube
+        log.info("mapping %d bands (%.1f-%.1f nm) onto the model's %d by %s", len(source_nm), min(source_nm),
+                 max(source_nm), len(target_nm), mapping.method)
+        return BandMappedCube(cube, mapping, nodata)
+
+    def output_metadata(self, cube: Any, scale: int, nodata: float | None) -> CubeMetadata:
+        """The HR output's metadata: the input's (:meth:`CubeMetadata.for_output`: georeference at 1 / ``scale`` the
+        pixel size), re-indexed or replaced by the model's band centres when the bands were mapped
+        (:attr:`last_band_mapping`), with the ``nodata`` value the run used."""
+        meta = getattr(cube, "metadata", None) or CubeMetadata()
+        mapping = self.last_band_mapping
+        if mapping is None or mapping.is_identity:
+            out = meta.for_output(scale)
+        elif mapping.source_indices is not None:
+            out = meta.for_output(scale, band_indices=mapping.source_indices)
+        else:
+            out = meta.for_output(scale, wavelengths_nm=mapping.target_nm)
+        if mapping is not None and not mapping.is_identity:
+            src = mapping.source_nm
+            out.extra["band mapping"] = (f"{mapping.method}: {len(src)} input bands ({min(src):g}-{max(src):g} nm) "
+                                         f"onto the model's {len(mapping.target_nm)}")
+        out.nodata = nodata
+        return out
 
     def resolve_scale(self, scale: int | None) -> int:
         """The scale to run: the model's own (recorded in its weights / export) when ``scale`` is ``None``; a
@@ -249,10 +336,19 @@ class Pipeline:
             )
         return scale
 
-    def prepare(self, lr: HSICube, ref_rgb: Any, scale: int | None = None) -> PreparedScene:
-        """Validate the inputs and run the global preprocessing, streamed (``scale``: see :meth:`resolve_scale`)."""
-        self._check_bands(lr)
-        return PreparedScene(lr, ref_rgb, self.resolve_scale(scale), self.rgb_bands, self.normalize)
+    def prepare(self, lr: HSICube, ref_rgb: Any, scale: int | None = None, *, nodata: float | str | None = None,
+                band_mapping: str = "auto") -> PreparedScene:
+        """Validate the inputs and run the global preprocessing, streamed (``scale``: see :meth:`resolve_scale`).
+
+        ``nodata``: the LR cube's no-data value (a number or ``"nan"``); ``None`` takes the file's own
+        (``lr.metadata.nodata``: ENVI ``data ignore value``, GeoTIFF nodata). ``band_mapping``: see
+        :meth:`map_bands`. The scene's ``lr`` is the mapped cube."""
+        if nodata is None:
+            nodata = getattr(getattr(lr, "metadata", None), "nodata", None)
+        nodata = check_nodata(nodata)
+        cube = self.map_bands(lr, band_mapping, nodata)
+        self._check_bands(cube)
+        return PreparedScene(cube, ref_rgb, self.resolve_scale(scale), self.rgb_bands, self.normalize, nodata=nodata)
 
     def _host_batches(self, scene: PreparedScene, windows: list[Window], batch: int) -> Iterator[HostBatch]:
         """The windows' inputs, computed on demand batch by batch (nothing of HR size is held); at each new row of
@@ -291,6 +387,9 @@ class Pipeline:
         def emit(y0: int, block: np.ndarray) -> None:
             if denorm:
                 block = scene.denormalize(block)
+            masked = scene.hr_mask(y0, y0 + block.shape[1])
+            if masked is not None:  # no-data pixels are not the network's to answer for: checked as 0, written back
+                block[:, masked] = 0.0
             finite = np.isfinite(block)
             if not finite.all():  # counted over the whole output; reported (and refused) at the end
                 nan = int(np.count_nonzero(np.isnan(block)))
@@ -299,10 +398,14 @@ class Pipeline:
                 if bad["first_row"] < 0:
                     bad["first_row"] = y0
                     log.warning("the output has NaN / inf values from row %d on; the run will fail at its end", y0)
+            if masked is not None:
+                block[:, masked] = scene.nodata
             sink(y0, block)
 
         blender = StreamingBlender(plan, self.backend.bands, emit)
-        with tqdm(total=len(plan), unit="tile", desc="SSC-HSR", disable=self.quiet, dynamic_ncols=True) as bar:
+        # leave=None: kept on screen alone, cleared under a scenes bar (a folder run)
+        with tqdm(total=len(plan), unit="tile", desc="SSC-HSR", disable=self.quiet, dynamic_ncols=True,
+                  leave=None) as bar:
             for group, out in self.executor.map(self._host_batches(scene, plan.windows, batch)):
                 with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are counted, not warned about
                     for j, w in enumerate(group):
@@ -329,6 +432,9 @@ class Pipeline:
         *,
         layout: str | None = None,
         out: Any = None,
+        nodata: float | str | None = None,
+        wavelengths: Sequence[float] | None = None,
+        band_mapping: str = "auto",
     ) -> Any:
         """Super-resolve ``lr_hsi`` (h x w x C) with ``ref_rgb`` (h·scale x w·scale x 3) and return the HR cube.
 
@@ -337,6 +443,10 @@ class Pipeline:
         ``layout`` is the cube layout (default: ``"hwc"`` for numpy, ``"chw"`` for torch; see the module docstring);
         the output uses the same kind and layout. ``out`` (optional) is a preallocated array-like of the output
         shape (numpy array, ``np.memmap``, HDF5 dataset) that receives the rows as they finish; it is returned.
+
+        ``nodata`` (a number or ``"nan"``): pixels holding it are masked (see :class:`~sschsr_deploy.scene.
+        PreparedScene`) and come back as ``nodata``. ``wavelengths``: the cube's band centres in nm, to map them onto
+        the model's (``band_mapping``, :meth:`map_bands`); for an :class:`HSICube` its metadata's are used.
         """
         t0 = time.perf_counter()
         is_torch = isinstance(lr_hsi, torch.Tensor)
@@ -348,8 +458,16 @@ class Pipeline:
             lr_hsi = arr.numpy()
             layout = layout or "chw"
         layout = (layout or "hwc").lower()
-        cube = as_cube(lr_hsi, layout, self.backend.bands, "LR cube") if not isinstance(lr_hsi, HSICube) else lr_hsi
-        scene = self.prepare(cube, ref_rgb, scale)
+        if isinstance(lr_hsi, HSICube):
+            cube = lr_hsi
+        else:
+            meta = None if wavelengths is None else CubeMetadata(wavelengths=tuple(float(v) for v in wavelengths),
+                                                                 wavelength_units="nm")
+            hint = self.backend.bands if wavelengths is None else None
+            cube = as_cube(lr_hsi, layout, hint, "LR cube")
+            if meta is not None:
+                cube.metadata = meta.validated(cube.bands, "wavelengths")
+        scene = self.prepare(cube, ref_rgb, scale, nodata=nodata, band_mapping=band_mapping)
         t1 = time.perf_counter()
         c, h, w = self.backend.bands, scene.height, scene.width
         shape = (h, w, c) if layout == "hwc" else (c, h, w)
@@ -392,16 +510,22 @@ class Pipeline:
         out_path: str | Path,
         *,
         format: str | None = None,
-        out_layout: str = "hwc",
+        out_layout: str | None = None,
         variable: str | None = None,
         hsi_layout: str | None = None,
         out_variable: str = "hsi",
         sidecar: bool = True,
         extra_info: dict[str, Any] | None = None,
+        nodata: float | str | None = None,
+        band_mapping: str = "auto",
     ) -> Path:
         """Read the LR cube (lazily where possible) and the reference, write the HR cube atomically (+ JSON sidecar).
 
         ``scale``: ``None`` for the model's own; another one is refused (see :meth:`resolve_scale`).
+        ``out_layout``: the output's band order (``hwc`` / ``chw``, or for ENVI ``bip`` / ``bsq`` / ``bil``); default
+        the input's (an ENVI input's interleave is kept in an ENVI output). ``nodata`` / ``band_mapping``: see
+        :meth:`prepare`. The input's metadata (band centres, georeference at 1 / scale the pixel size, nodata, other
+        keys) goes into the output where its format holds it (:meth:`output_metadata`) and always into the sidecar.
 
         The output file appears only when complete, together with its sidecar (renamed last; it records the output's
         size and SHA-256); on any error, nothing changes under ``out_path`` (a previous output and sidecar are kept).
@@ -419,17 +543,20 @@ class Pipeline:
         out_format = format_from_path(out_path, format)
         clean_stale_temps(out_path.parent)
         with read_hsi(hsi_path, variable=variable, layout=hsi_layout, bands=self.backend.bands) as cube:
-            self._check_bands(cube)
+            layout = output_layout(cube.layout, out_format, out_layout)
             run_scale = self.resolve_scale(scale)
+            run_nodata = check_nodata(cube.metadata.nodata if nodata is None else nodata)
+            self._check_bands(self.map_bands(cube, band_mapping))  # before the space check and the reference
+            out_meta = self.output_metadata(cube, run_scale, run_nodata)
             check_output_space(out_path, (cube.shape[0] * run_scale, cube.shape[1] * run_scale, self.backend.bands),
-                               np.float32, format=out_format, layout=out_layout)
+                               np.float32, format=out_format, layout=layout, metadata=out_meta)
             ref = read_rgb(ref_path)
-            scene = self.prepare(cube, ref, scale)
+            scene = self.prepare(cube, ref, scale, nodata=run_nodata, band_mapping=band_mapping)
             t1 = time.perf_counter()
             fault_point("before-output")
             shape = (scene.height, scene.width, self.backend.bands)
-            with HSIWriter(out_path, shape, np.float32, format=out_format, layout=out_layout,
-                           variable=out_variable) as writer:
+            with HSIWriter(out_path, shape, np.float32, format=out_format, layout=layout, variable=out_variable,
+                           metadata=out_meta) as writer:
                 self.execute(scene, lambda y0, block: writer.write_rows(y0, block.transpose(1, 2, 0)))
                 t2 = time.perf_counter()
                 writer.finish()
@@ -437,6 +564,7 @@ class Pipeline:
                 self.last_timings = self._timings(t0, t1, t2, t3, scene.height, scene.width)
                 info = None
                 if sidecar:
+                    mapping = self.last_band_mapping
                     info = {
                         "inputs": {
                             "hsi": str(hsi_path), "hsi_format": cube.format, "hsi_variable": cube.variable,
@@ -444,11 +572,18 @@ class Pipeline:
                             "scale": scene.scale, "rgb_bands": list(scene.rgb_bands),
                         },
                         "output_format": out_format,
-                        "output_layout": out_layout,
+                        "output_layout": layout,
                         "output_shape_hwc": list(shape),
                         "output_dtype": "float32",
                         "output_scale": self.output_scale,
                         "normalization": {"enabled": scene.normalize, "lr_min": scene.lo, "lr_max": scene.hi},
+                        "nodata": None if scene.nodata is None else {
+                            "value": "nan" if np.isnan(scene.nodata) else scene.nodata,
+                            "masked_lr_pixels": scene.masked_pixels,
+                            "fill": "nearest valid pixel (per LR crop); written back as nodata",
+                        },
+                        "band_mapping": None if mapping is None else mapping.describe(),
+                        "metadata": out_meta.to_json(),
                         **self.describe(),
                         "timings": self.last_timings,
                     }
@@ -459,6 +594,16 @@ class Pipeline:
                     if writer.committed:
                         self.last_output = out_path
         return out_path
+
+    def run_scenes(self, jobs: Any, *, resume: bool = True, keep_going: bool = False,
+                   summary_path: str | Path | None = None, progress: bool | None = None) -> Any:
+        """Many scenes through this pipeline (the model loaded once): :func:`sschsr_deploy.batch.run_scenes` over
+        ``jobs`` (:class:`~sschsr_deploy.batch.SceneJob` s, ``(hsi, ref, out)`` tuples or dicts with per-scene
+        options); returns the :class:`~sschsr_deploy.batch.BatchSummary`."""
+        from sschsr_deploy.batch import as_jobs, run_scenes
+
+        return run_scenes(self, as_jobs(list(jobs)), resume=resume, keep_going=keep_going, summary_path=summary_path,
+                          progress=not self.quiet if progress is None else progress)
 
     def model_info(self) -> dict[str, Any]:
         """Preset, weights and weights hash, for sidecars (computed once)."""
