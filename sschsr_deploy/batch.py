@@ -32,15 +32,17 @@ from sschsr_deploy.io.atomic import atomic_write_json, sidecar_path
 from sschsr_deploy.io.hsi import EXTENSIONS, format_from_path
 from sschsr_deploy.io.rgb import RGB_EXTENSIONS
 
-__all__ = ["JOB_OPTIONS", "BatchSummary", "SceneJob", "as_jobs", "is_complete", "jobs_from_folders",
-           "jobs_from_manifest", "run_scenes"]
+__all__ = ["BAND_MAPPINGS", "JOB_OPTIONS", "BatchSummary", "SceneJob", "as_jobs", "is_complete", "jobs_from_folders",
+           "jobs_from_manifest", "parse_nodata", "run_scenes"]
 
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
 #: Per-scene options a manifest may set (the keyword arguments of ``Pipeline.run_files`` they become).
-JOB_OPTIONS = ("scale", "variable", "hsi_layout", "format", "out_layout", "out_variable")
+JOB_OPTIONS = ("scale", "variable", "hsi_layout", "format", "out_layout", "out_variable", "nodata", "band_mapping")
+#: ``band_mapping`` values: how a cube with other band centres than the model's is mapped onto them.
+BAND_MAPPINGS = ("auto", "nearest", "gaussian", "none")
 _ENVI_DATA = {ext for ext, fmt in EXTENSIONS.items() if fmt == "envi" and ext != ".hdr"}
 
 
@@ -105,10 +107,13 @@ def jobs_from_folders(hsi_dir: PathLike, ref_dir: PathLike, out_dir: PathLike, o
             raise InputValidationError(f"{what} {d} is not a directory")
     if not out_dir.is_dir():
         raise InputValidationError(f"output folder {out_dir} does not exist; create it first")
+    if out_dir.resolve() == hsi_dir.resolve():
+        raise InputValidationError(f"output folder {out_dir} is the cube folder: outputs would replace or join the "
+                                   "inputs; give another output folder")
     if not out_ext.startswith("."):
         out_ext = "." + out_ext
     format_from_path(Path("x" + out_ext), options.get("format"))  # the output format is known
-    _check_options(options, "options")
+    options = _check_options(options, "options")
     cubes = _scene_files(hsi_dir)
     if not cubes:
         raise InputValidationError(f"no hyperspectral cubes in {hsi_dir} (extensions: {', '.join(sorted(EXTENSIONS))})")
@@ -133,7 +138,31 @@ def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             options["scale"] = int(options["scale"])
         except (TypeError, ValueError):
             raise InputValidationError(f"{where}: scale {options['scale']!r} is not an integer") from None
-    return {k: v for k, v in options.items() if v not in (None, "")}
+    if options.get("nodata") not in (None, ""):
+        options["nodata"] = parse_nodata(options["nodata"], where)
+    if options.get("band_mapping") not in (None, ""):
+        value = options["band_mapping"]
+        if not isinstance(value, str) or value.strip().lower() not in BAND_MAPPINGS:
+            raise InputValidationError(f"{where}: band_mapping {value!r} is not one of {', '.join(BAND_MAPPINGS)}")
+        options["band_mapping"] = value.strip().lower()
+    return {k: v for k, v in options.items() if v is not None and not (isinstance(v, str) and not v.strip())}
+
+
+def parse_nodata(value: Any, where: str = "nodata") -> float | str:
+    """A nodata value as given (a number, or ``"nan"``): a finite float, or the string ``"nan"``."""
+    if isinstance(value, str) and value.strip().lower() == "nan":
+        return "nan"
+    if isinstance(value, float) and value != value:  # NaN from JSON-like input
+        return "nan"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise InputValidationError(f"{where}: nodata {value!r} is not a number or nan") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise InputValidationError(f"{where}: nodata {value!r} is not a finite number or nan")
+    return number
 
 
 def jobs_from_manifest(path: PathLike) -> list[SceneJob]:
@@ -173,9 +202,12 @@ def jobs_from_manifest(path: PathLike) -> list[SceneJob]:
         if missing:
             raise InputValidationError(f"{where}: missing {', '.join(missing)}")
         hsi, ref, out = (base / Path(str(row.pop(k))) for k in ("hsi", "ref", "out"))
-        if out in outs:
-            raise InputValidationError(f"{where}: output {out} is also the output of {outs[out]}")
-        outs[out] = where
+        key = Path(os.path.abspath(out))
+        if key in outs:
+            raise InputValidationError(f"{where}: output {out} is also the output of {outs[key]}")
+        if key == Path(os.path.abspath(hsi)):
+            raise InputValidationError(f"{where}: the output {out} is the input cube")
+        outs[key] = where
         jobs.append(SceneJob(hsi, ref, out, _check_options(row, where)))
     if not jobs:
         raise InputValidationError(f"manifest {path} lists no scenes")
@@ -247,17 +279,26 @@ def _run_one(pipeline: Any, job: SceneJob, row: dict[str, Any], resume: bool, ke
         pipeline.run_files(job.hsi, job.ref, job.options.get("scale"), job.out,
                            **{k: v for k, v in job.options.items() if k != "scale"})
     except (SSCHSRError, OSError, MemoryError) as exc:
-        row.update(status="failed", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}",
-                   seconds=round(time.perf_counter() - t, 3))
+        row.update(status="failed", error=_error_text(exc), seconds=round(time.perf_counter() - t, 3))
         if not keep_going:
             raise
         log.warning("%s failed: %s", job.out.name, row["error"])
         return
     except BaseException as exc:  # a bug or an interruption: recorded, then it ends the run
-        row.update(status="failed", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+        last = getattr(pipeline, "last_output", None)
+        if last is not None and Path(last) == job.out:  # a signal held during the commit: the scene is complete
+            row.update(status="done", seconds=round(time.perf_counter() - t, 3),
+                       timings=dict(getattr(pipeline, "last_timings", {}) or {}))
+        else:
+            row.update(status="failed", error=_error_text(exc))
         raise
     row.update(status="done", seconds=round(time.perf_counter() - t, 3),
                timings=dict(getattr(pipeline, "last_timings", {}) or {}))
+
+
+def _error_text(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def as_jobs(items: Sequence[SceneJob | tuple | dict]) -> list[SceneJob]:

@@ -1,4 +1,5 @@
-"""The ``sschsr-deploy`` command line: ``infer`` (files in, file out), ``export`` (ONNX, verified), ``build-engine``
+"""The ``sschsr-deploy`` command line: ``infer`` (files in, file out; or folders / a manifest of scenes through one
+loaded model, resumable, with a summary JSON: :mod:`sschsr_deploy.batch`), ``export`` (ONNX, verified), ``build-engine``
 (TensorRT), ``bench`` (backends side by side), ``info`` (environment), ``demo`` (synthetic scene).
 
 Every failure ends with one line on stderr (``sschsr-deploy: error: …``) and a non-zero exit status — 2 for bad input or
@@ -81,8 +82,46 @@ def _tile_arg(value: str) -> int | tuple[int, int] | str | None:
         raise argparse.ArgumentTypeError(f"expected an integer, HxW, 'auto' or 'whole'; got {value!r}") from None
 
 
+def _nodata_arg(value: str) -> float | str:
+    from sschsr_deploy.batch import parse_nodata
+    from sschsr_deploy.errors import InputValidationError
+
+    try:
+        return parse_nodata(value)
+    except InputValidationError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'nan'; got {value!r}") from None
+
+
+SUMMARY_NAME = "sschsr-summary.json"
+#: the output extension of each --format in folder mode
+FORMAT_EXTENSIONS = {"npy": ".npy", "npz": ".npz", "mat": ".mat", "mat73": ".mat", "h5": ".h5", "envi": ".img",
+                     "tiff": ".tif"}
+
+_INFER_DESCRIPTION = f"""\
+Super-resolve LR hyperspectral cubes with HR RGB references.
+
+  one scene:   --hsi CUBE --ref RGB --out FILE
+  folders:     --hsi DIR --ref DIR --out DIR   (cubes and references paired by file stem; outputs
+               <stem> + the extension of --format: npy .npy, npz .npz, mat/mat73 .mat, h5 .h5, envi .img (+ .hdr),
+               tiff .tif; default .npy)
+  manifest:    --manifest FILE                 (CSV with a header row, or JSON lines: hsi, ref, out, options)
+
+Many scenes run in one process (the model is loaded once), one progress bar over the scenes. A scene whose output is
+complete (the output and its sidecar renamed into place by a finished run) is skipped, so an interrupted run resumes
+where it stopped (--no-resume runs them again). The summary JSON (per scene: done / skipped / failed / not run, the
+error, the timings) is written in every case, also when the run stops early: default
+<--out folder>/{SUMMARY_NAME}, or <manifest stem>.summary.json beside the manifest; --summary PATH puts it
+elsewhere. The options given here apply to every scene; a manifest's columns override them per scene.
+
+Exit status with many scenes: 0 when every scene is done or skipped; 1 when scenes failed under --keep-going (one line
+says how many and where the summary is); without --keep-going the first failure ends the run with that scene's error
+and its usual status (2 for bad input, 1 for I/O errors); 130 / 143 on SIGINT / SIGTERM.
+"""
+
+
 def _build_parser() -> _Parser:
     from sschsr_deploy import bench, demo, engine_build, export
+    from sschsr_deploy.batch import BAND_MAPPINGS, JOB_OPTIONS
     from sschsr_deploy.io.hsi import FORMATS
     from sschsr_deploy.runtime.planner import DEFAULT_MARGIN, DEFAULT_OVERLAP, DEFAULT_TILE
 
@@ -107,14 +146,44 @@ def _build_parser() -> _Parser:
         p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
         p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
-    p = command("infer", help="super-resolve an LR cube with an HR RGB reference")
-    p.add_argument("--hsi", required=True, help="LR cube: .npy .npz .mat .h5 .hdr/.img (ENVI) .tif")
-    p.add_argument("--ref", required=True, help="HR RGB reference: .png .jpg .tif (8 or 16 bit)")
+    p = command("infer", help="super-resolve an LR cube with an HR RGB reference (one scene, a folder of scenes or a "
+                              "manifest)", description=_INFER_DESCRIPTION,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hsi", help="LR cube: .npy .npz .mat .h5 .hdr/.img (ENVI) .tif; or a folder of them (then --ref "
+                                 "and --out are folders too)")
+    p.add_argument("--ref", help="HR RGB reference: .png .jpg .tif (8 or 16 bit); or a folder of them, paired with the "
+                                 "cubes by file stem")
     p.add_argument("--scale", type=int,
                    help="HR / LR size ratio; default: the one the model was trained for (a different one is refused)")
-    p.add_argument("--out", required=True, help="output file; the format follows the extension or --format")
-    p.add_argument("--format", choices=FORMATS, help="output format (default: from the --out extension)")
-    p.add_argument("--out-layout", choices=("hwc", "chw"), default="hwc", help="output band order (default hwc)")
+    p.add_argument("--out", help="output file; the format follows the extension or --format. With folders: the "
+                                 "output folder (created), outputs named <cube stem> + the --format's extension "
+                                 "(default .npy)")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="scenes listed in a CSV file with a header row or JSON lines (.jsonl): hsi, ref, out and "
+                        f"optionally {', '.join(JOB_OPTIONS)} per scene (they override the options given here); "
+                        "relative paths are relative to the manifest. Instead of --hsi/--ref/--out")
+    p.add_argument("--keep-going", action="store_true",
+                   help="many scenes: record a scene that fails on its input or an I/O error and go on with the next "
+                        "(exit status 1 at the end if any failed); default: stop at the first failure")
+    p.add_argument("--summary", metavar="PATH",
+                   help="many scenes: where to write the summary JSON (per scene: status, error, timings); default "
+                        f"<--out folder>/{SUMMARY_NAME}, or <manifest stem>.summary.json beside a manifest (m.csv: "
+                        "m.summary.json)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="many scenes: run scenes whose output is already complete again (default: skip them)")
+    p.add_argument("--format", choices=FORMATS,
+                   help="output format (default: from the --out extension; with folders: npy)")
+    p.add_argument("--out-layout", choices=("hwc", "chw", "bip", "bil", "bsq"), default=None,
+                   help="output band order (default: the input's: ENVI interleave bsq / bil / bip, else hwc or chw as "
+                        "read)")
+    p.add_argument("--nodata", type=_nodata_arg, metavar="VALUE",
+                   help="nodata value of the LR cube (default: the file's own: ENVI data ignore value, GeoTIFF "
+                        "nodata); masked pixels are excluded from the statistics, filled for the network and written "
+                        "back as nodata")
+    p.add_argument("--band-mapping", choices=BAND_MAPPINGS, default="auto",
+                   help="how a cube with band centres other than the model's is mapped onto them: auto (nearest "
+                        "when sampled about as finely, gaussian FWHM-weighted integration when finer), nearest, "
+                        "gaussian, or none (ignore wavelengths: band-count rule)")
     p.add_argument("--out-variable", default="hsi", help="array name in .npz/.mat/.h5 outputs (default hsi)")
     p.add_argument("--variable", help="array name to read from .npz/.mat/.h5 inputs (default: the only 3-D one)")
     p.add_argument("--hsi-layout", choices=("hwc", "chw"), help="input band order when it cannot be detected")
@@ -179,19 +248,93 @@ def _build_parser() -> _Parser:
 # commands
 
 
-def _cmd_infer(args: argparse.Namespace) -> int:
+_BATCH_FLAGS = (("keep_going", "--keep-going"), ("summary", "--summary"), ("no_resume", "--no-resume"))
+
+
+def _infer_mode(args: argparse.Namespace) -> str:
+    """``infer``'s mode from its arguments: ``"file"`` (one scene), ``"folders"`` or ``"manifest"``; a usage error
+    (:class:`_ArgumentError`) for a mix of them."""
+    from sschsr_deploy.io.hsi import EXTENSIONS
+
+    def usage(message: str) -> _ArgumentError:
+        return _ArgumentError(f"{message} (see {PROG} infer --help)")
+
+    given = [f"--{n}" for n in ("hsi", "ref", "out") if getattr(args, n) is not None]
+    if args.manifest is not None:
+        if given:
+            raise usage(f"--manifest replaces --hsi, --ref and --out: give one or the other, not both (got --manifest "
+                        f"and {', '.join(given)})")
+        return "manifest"
+    missing = [f"--{n}" for n in ("hsi", "ref", "out") if getattr(args, n) is None]
+    if missing:
+        raise usage(f"the following arguments are required: {', '.join(missing)}"
+                    + (" (or --manifest FILE instead of --hsi, --ref and --out)" if len(missing) == 3 else ""))
+    hsi, ref, out = Path(args.hsi), Path(args.ref), Path(args.out)
+
+    def what(path: Path) -> str:
+        return "a file" if path.exists() else "not found"
+
+    if hsi.is_dir():
+        if not ref.is_dir():
+            raise usage(f"--hsi {hsi} is a folder, so --ref must be a folder of references too; {ref} is {what(ref)}")
+        if (out.exists() and not out.is_dir()) or (not out.exists() and out.suffix.lower() in EXTENSIONS):
+            raise usage(f"--hsi {hsi} is a folder, so --out must be an output folder too, not a file: {out}")
+        return "folders"
+    if ref.is_dir():
+        raise usage(f"--ref {ref} is a folder, so --hsi must be a folder of cubes too; {hsi} is {what(hsi)}")
+    batch_only = [flag for attr, flag in _BATCH_FLAGS if getattr(args, attr)]
+    if batch_only:
+        raise usage(f"{', '.join(batch_only)}: for many scenes (folders for --hsi, --ref and --out, or --manifest), "
+                    "not one file")
+    return "file"
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``run_files`` keyword arguments from ``infer``'s options; the newer ones only when set, so that a pipeline
+    that does not know them yet is not handed them."""
+    options: dict[str, Any] = dict(format=args.format, variable=args.variable, hsi_layout=args.hsi_layout,
+                                   out_variable=args.out_variable)
+    if args.out_layout is not None:
+        options["out_layout"] = args.out_layout
+    if args.nodata is not None:
+        options["nodata"] = args.nodata
+    if args.band_mapping not in (None, "auto"):
+        options["band_mapping"] = args.band_mapping
+    return options
+
+
+def _infer_jobs(args: argparse.Namespace, mode: str) -> tuple[list, Path]:
+    """The scenes of a folder or manifest run (the command line's options as every scene's defaults, a manifest's
+    own columns overriding them) and the summary path."""
+    from sschsr_deploy.batch import SceneJob, jobs_from_folders, jobs_from_manifest
+
+    defaults = {k: v for k, v in _run_options(args).items() if v is not None}
+    if args.scale is not None:
+        defaults["scale"] = args.scale
+    if mode == "folders":
+        out_dir = Path(args.out)
+        created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            jobs = jobs_from_folders(args.hsi, args.ref, out_dir, FORMAT_EXTENSIONS[args.format or "npy"], **defaults)
+        except BaseException:
+            for d in created:  # nothing to run: leave no empty folders behind
+                d.rmdir()
+            raise
+        summary = out_dir / SUMMARY_NAME
+    else:
+        manifest = Path(args.manifest)
+        jobs = [SceneJob(j.hsi, j.ref, j.out, {**defaults, **j.options}) for j in jobs_from_manifest(manifest)]
+        summary = manifest.with_name(f"{manifest.stem}.summary.json")
+    return jobs, Path(args.summary) if args.summary is not None else summary
+
+
+def _make_pipeline(args: argparse.Namespace):
+    """``infer``'s pipeline: an exported model (--engine) or the network (--weights / --preset)."""
     from sschsr_deploy.errors import InputValidationError
-    from sschsr_deploy.io.atomic import check_writable
-    from sschsr_deploy.io.hsi import format_from_path
     from sschsr_deploy.runtime import Pipeline
     from sschsr_deploy.runtime.backends import ENGINE_SUFFIXES, backend_for_path
 
-    out = check_writable(args.out)
-    format_from_path(out, args.format)
-    for name in ("hsi", "ref"):
-        path = Path(getattr(args, name))
-        if not path.exists():
-            raise InputValidationError(f"--{name}: file not found: {path}")
     tile = args.tile if args.tile is None or isinstance(args.tile, int | str) else "default"
     backend = args.backend
     common = dict(
@@ -220,24 +363,37 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         if args.cuda_graph and backend != "tensorrt":
             raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
         options = {"cuda_graph": True} if args.cuda_graph else {}
-        pipe = Pipeline(engine, backend=backend, backend_options=options, **common)
-    else:
-        backend = backend or "torch"
-        if backend != "torch":
-            raise InputValidationError(
-                f"--backend {backend} runs an exported model: give --engine PATH (an .onnx file from "
-                "sschsr-deploy export, or a TensorRT engine from sschsr-deploy build-engine)"
-            )
-        if args.cuda_graph:
-            raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
-        model, info = _load_infer_model(args)
-        pipe = Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
+        return Pipeline(engine, backend=backend, backend_options=options, **common)
+    backend = backend or "torch"
+    if backend != "torch":
+        raise InputValidationError(
+            f"--backend {backend} runs an exported model: give --engine PATH (an .onnx file from "
+            "sschsr-deploy export, or a TensorRT engine from sschsr-deploy build-engine)"
+        )
+    if args.cuda_graph:
+        raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
+    model, info = _load_infer_model(args)
+    return Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from sschsr_deploy.errors import InputValidationError
+    from sschsr_deploy.io.atomic import check_writable
+    from sschsr_deploy.io.hsi import format_from_path
+
+    mode = getattr(args, "infer_mode", None) or _infer_mode(args)
+    if mode != "file":
+        return _infer_many(args, mode)
+    out = check_writable(args.out)
+    format_from_path(out, args.format)
+    for name in ("hsi", "ref"):
+        path = Path(getattr(args, name))
+        if not path.exists():
+            raise InputValidationError(f"--{name}: file not found: {path}")
+    pipe = _make_pipeline(args)
     t0 = time.perf_counter()
     try:
-        path = pipe.run_files(
-            args.hsi, args.ref, args.scale, out, format=args.format, out_layout=args.out_layout,
-            variable=args.variable, hsi_layout=args.hsi_layout, out_variable=args.out_variable,
-        )
+        path = pipe.run_files(args.hsi, args.ref, args.scale, out, **_run_options(args))
     except BaseException:
         args.written = getattr(pipe, "last_output", None)  # a signal during the commit comes after it: say so
         raise
@@ -246,6 +402,43 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({plan.height}x{plan.width}x{pipe.backend.bands} float32, {len(plan)} window(s), "
               f"{pipe.backend.name}, {time.perf_counter() - t0:.1f} s)")
     return EXIT_OK
+
+
+def _infer_many(args: argparse.Namespace, mode: str) -> int:
+    """Folders or a manifest: every scene through one pipeline (:func:`sschsr_deploy.batch.run_scenes`)."""
+    from sschsr_deploy.batch import run_scenes
+    from sschsr_deploy.io.atomic import check_writable
+
+    jobs, summary_path = _infer_jobs(args, mode)
+    check_writable(summary_path)
+    pipe = _make_pipeline(args)  # once, for all scenes
+    try:
+        summary = run_scenes(pipe, jobs, resume=not args.no_resume, keep_going=args.keep_going,
+                             summary_path=summary_path, progress=not args.quiet)
+    except BaseException:
+        _note_stopped_run(args, summary_path)
+        raise
+    counts, total = summary.counts, len(summary.scenes)
+    if not args.quiet:
+        print(f"{total} scene(s): {counts.get('done', 0)} done, {counts.get('skipped', 0)} skipped, "
+              f"{counts.get('failed', 0)} failed ({summary.seconds:.1f} s)")
+    if counts.get("failed"):
+        print(f"{PROG}: error: {counts['failed']} of {total} scene(s) failed; see {summary_path}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _note_stopped_run(args: argparse.Namespace, summary_path: Path) -> None:
+    """For ``main``'s last line when a many-scene run stops: the scene that failed and how far the run got (from the
+    summary, written before the error propagates)."""
+    try:
+        scenes = json.loads(summary_path.read_text(encoding="utf-8"))["scenes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    complete = sum(s.get("status") in ("done", "skipped") for s in scenes)
+    failed = [s for s in scenes if s.get("status") == "failed"]
+    args.error_scene = Path(failed[-1]["hsi"]).name if failed else None
+    args.stopped = f"{complete} of {len(scenes)} scene(s) complete (summary: {summary_path})"
 
 
 def _load_infer_model(args: argparse.Namespace):
@@ -483,6 +676,14 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def _in_scene(args: argparse.Namespace, message: str) -> str:
+    """``message`` of a many-scene run that stopped: which scene, and how far the run got."""
+    scene, stopped = getattr(args, "error_scene", None), getattr(args, "stopped", None)
+    if scene:
+        message = f"scene {scene}: {message}"
+    return f"{message}; {stopped}" if stopped else message
+
+
 def _setup_logging(args: argparse.Namespace | None) -> None:
     level = logging.WARNING
     if args is not None and (args.verbose or args.debug):
@@ -506,6 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = _build_parser().parse_args(argv)
+        if args.command == "infer":
+            args.infer_mode = _infer_mode(args)
     except _ArgumentError as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
@@ -526,33 +729,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = exc.signal_name if isinstance(exc, Terminated) else "SIGINT"
         written = getattr(args, "written", None)
         what = f"{written} was written before it stopped" if written else "no output was written"
+        what = getattr(args, "stopped", None) or what
         print(f"{PROG}: interrupted ({name}); {what}", file=sys.stderr)
         return exc.code if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     except _Failed as exc:
         if debug:
             raise
-        print(f"{PROG}: error: {cli_wording(_one_line(exc), args.command)}", file=sys.stderr)
+        print(f"{PROG}: error: {_in_scene(args, cli_wording(_one_line(exc), args.command))}", file=sys.stderr)
         return EXIT_FAILURE
     except OutputSpaceError as exc:  # not the arguments' fault: the same run succeeds where there is room
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {_in_scene(args, _one_line(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except SSCHSRError as exc:
         if debug:
             raise
-        print(f"{PROG}: error: {cli_wording(_one_line(exc), args.command)}", file=sys.stderr)
+        print(f"{PROG}: error: {_in_scene(args, cli_wording(_one_line(exc), args.command))}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, MemoryError) as exc:
         if debug:
             raise
-        print(f"{PROG}: error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {_in_scene(args, f'{type(exc).__name__}: {_one_line(exc)}')}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:
         if debug:
             raise
-        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for a traceback)",
-              file=sys.stderr)
+        message = f"{type(exc).__name__}: {_one_line(exc)} (rerun with --debug for a traceback)"
+        print(f"{PROG}: internal error: {_in_scene(args, message)}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -64,6 +64,8 @@ def test_folders_missing_reference_and_bad_folders(tmp_path):
         jobs_from_folders(hsi, ref, tmp_path / "nope")
     with pytest.raises(InputValidationError, match="unknown option"):
         jobs_from_folders(hsi, ref, out, tile=3)
+    with pytest.raises(InputValidationError, match="is the cube folder"):
+        jobs_from_folders(hsi, ref, tmp_path / "lr" / ".." / "lr")
 
 
 def test_manifest_csv_and_jsonl(tmp_path):
@@ -82,6 +84,7 @@ def test_manifest_csv_and_jsonl(tmp_path):
     ("hsi,ref,out,tile\na,b,c,128\n", ".csv", "unknown option.*tile"),
     ("hsi,ref,out\na,b,c\nd,e,c\n", ".csv", "also the output of"),
     ("hsi,ref,out,scale\na,b,c,four\n", ".csv", "scale 'four' is not an integer"),
+    ("hsi,ref,out\nx/a.npy,b,x/../x/a.npy\n", ".csv", "m.csv:2: the output .* is the input cube"),
     ("hsi,ref,out\n", ".csv", "lists no scenes"),
     ('{"hsi": 1\n', ".jsonl", "not JSON"),
     ("[1, 2]\n", ".jsonl", "JSON object"),
@@ -142,3 +145,53 @@ def test_as_jobs():
     assert jobs[0].out == Path("o.npy") and jobs[1].options == {"scale": 8}
     with pytest.raises(InputValidationError, match="missing 'out'"):
         as_jobs([{"hsi": "b", "ref": "c"}])
+
+
+def test_nodata_and_band_mapping_options(tmp_path):
+    (tmp_path / "m.jsonl").write_text(
+        '{"hsi": "a", "ref": "b", "out": "c", "nodata": -9999, "band_mapping": "Gaussian"}\n'
+        '{"hsi": "a", "ref": "b", "out": "d", "nodata": "NaN", "band_mapping": "none"}\n'
+        '{"hsi": "a", "ref": "b", "out": "e", "nodata": null, "band_mapping": ""}\n')
+    assert [j.options for j in jobs_from_manifest(tmp_path / "m.jsonl")] == [
+        {"nodata": -9999.0, "band_mapping": "gaussian"}, {"nodata": "nan", "band_mapping": "none"}, {}]
+    (tmp_path / "m.csv").write_text("hsi,ref,out,nodata\na,b,c, 0.5 \n")
+    assert jobs_from_manifest(tmp_path / "m.csv")[0].options == {"nodata": 0.5}
+    for row, match in (('"nodata": "abc"', "m.jsonl:1: nodata 'abc' is not a number or nan"),
+                       ('"nodata": true', "nodata True is not a number"),
+                       ('"nodata": "inf"', "nodata 'inf' is not a finite number"),
+                       ('"band_mapping": "x"', "m.jsonl:1: band_mapping 'x' is not one of auto, nearest, gaussian"),
+                       ('"band_mapping": 3', "band_mapping 3 is not one of")):
+        (tmp_path / "m.jsonl").write_text(f'{{"hsi": "a", "ref": "b", "out": "c", {row}}}\n')
+        with pytest.raises(InputValidationError, match=match):
+            jobs_from_manifest(tmp_path / "m.jsonl")
+
+
+def test_folder_options_unset_are_not_passed(tmp_path):
+    """Options given as None (a command line's unset flags) do not reach run_files."""
+    hsi, ref, out = _scenes(tmp_path, ["a"])
+    (job,) = jobs_from_folders(hsi, ref, out, ".npy", scale=None, out_layout=None, nodata=None, variable="cube")
+    assert job.options == {"variable": "cube"}
+    pipe = FakePipeline()
+    assert run_scenes(pipe, [job], progress=False).ok
+    assert pipe.calls == [("a.npy", None, {"variable": "cube"})]
+
+
+def test_an_interruption_after_the_commit_counts_the_scene_done(tmp_path):
+    """A signal held during the commit's renames is raised after them: the scene is complete, and says so."""
+    hsi, ref, out = _scenes(tmp_path, ["a", "b"])
+
+    class InterruptedAfterCommit(FakePipeline):
+        last_output = None
+
+        def run_files(self, hsi, ref, scale, out, **options):
+            self.last_output = None
+            super().run_files(hsi, ref, scale, out, **options)
+            self.last_output = Path(out)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_scenes(InterruptedAfterCommit(), jobs_from_folders(hsi, ref, out), summary_path=tmp_path / "s.json",
+                   progress=False)
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert [s["status"] for s in data["scenes"]] == ["done", "not run"]
+    assert is_complete(out / "a.npy")
