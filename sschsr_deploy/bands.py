@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sschsr_deploy.errors import InputValidationError
+from sschsr_deploy.io.cube import CubeView, nodata_mask
 
 __all__ = ["METHODS", "BandMapping", "BandMappedCube", "default_model_wavelengths", "plan_band_mapping"]
 
@@ -140,7 +141,7 @@ def plan_band_mapping(
     return BandMapping(method, tuple(float(v) for v in src), tuple(float(v) for v in tgt), weights)
 
 
-class BandMappedCube:
+class BandMappedCube(CubeView):
     """A cube seen through a :class:`BandMapping`: regions are read from the source cube (only the bands that
     contribute) and returned with the model's bands (float32), so the rest of the pipeline sees a cube of the model's
     band count. With ``nodata``, a pixel holding it (or NaN, for ``nodata=nan``) in any contributing source band is
@@ -164,18 +165,6 @@ class BandMappedCube:
         self.shape = (cube.shape[0], cube.shape[1], len(mapping.target_nm))
         self.dtype = np.dtype(cube.dtype) if self._pick is not None else np.dtype(np.float32)
 
-    @property
-    def height(self) -> int:
-        return self.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.shape[1]
-
-    @property
-    def bands(self) -> int:
-        return self.shape[2]
-
     def read(self, rows: slice | None = None, cols: slice | None = None,
              bands: Sequence[int] | slice | None = None) -> np.ndarray:
         """A region (H x W x model bands), mapped from the source's contributing bands."""
@@ -184,13 +173,9 @@ class BandMappedCube:
             out = np.ascontiguousarray(block[:, :, self._pick])
         else:
             out = np.tensordot(block.astype(np.float32, copy=False), self._weights.T, axes=([-1], [0]))
-        if self.nodata is not None:
-            if math.isnan(self.nodata):
-                mask = np.isnan(block).any(axis=2) if np.issubdtype(block.dtype, np.floating) else None
-            else:
-                mask = (block == self.nodata).any(axis=2)
-            if mask is not None and mask.any():
-                out[mask] = self.nodata
+        mask = nodata_mask(block, self.nodata)
+        if mask is not None:
+            out[mask] = self.nodata
         if bands is None:
             return out
         return out[:, :, bands] if isinstance(bands, slice) else out[:, :, [int(b) for b in bands]]

@@ -29,7 +29,7 @@ import torch
 
 from sschsr_deploy import preprocess
 from sschsr_deploy.errors import InputValidationError
-from sschsr_deploy.io.cube import HSICube, as_cube
+from sschsr_deploy.io.cube import HSICube, as_cube, nodata_mask
 
 __all__ = [
     "REF_SIZE_TOLERANCE", "PreparedScene", "check_nodata", "fill_nodata", "match_reference_size", "prepare_inputs",
@@ -241,13 +241,7 @@ class PreparedScene:
     def lr_mask(self, block: np.ndarray) -> np.ndarray | None:
         """The no-data pixels of an LR block (h x w x C → h x w bool; a pixel is no-data when any of its bands holds
         the nodata value, or is NaN for ``nodata=nan``: its spectrum is incomplete), ``None`` when there are none."""
-        if self.nodata is None:
-            return None
-        if math.isnan(self.nodata):
-            mask = np.isnan(block).any(axis=2) if np.issubdtype(block.dtype, np.floating) else None
-        else:
-            mask = (block == self.nodata).any(axis=2)
-        return mask if mask is not None and mask.any() else None
+        return nodata_mask(block, self.nodata)
 
     def hr_mask(self, y0: int, y1: int) -> np.ndarray | None:
         """The no-data pixels of HR rows ``y0 .. y1`` (n x W bool: an LR pixel's mask covers its scale x scale HR

@@ -15,7 +15,7 @@ import numpy as np
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.io.metadata import CubeMetadata
 
-__all__ = ["LAYOUTS", "WRITER_LAYOUTS", "HSICube", "as_cube", "detect_layout"]
+__all__ = ["LAYOUTS", "WRITER_LAYOUTS", "CubeView", "HSICube", "as_cube", "detect_layout", "nodata_mask"]
 
 PathLike = str | os.PathLike
 
@@ -79,7 +79,38 @@ def _check_numeric(dtype: np.dtype, what: str) -> None:
         raise InputValidationError(f"{what} has dtype {dtype}; a real numeric (integer or float) cube is required")
 
 
-class HSICube:
+def nodata_mask(block: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """The no-data pixels of an H x W x C block: those holding ``nodata`` in any band (or NaN in any band for a NaN
+    ``nodata``; their spectrum is incomplete) as an H x W bool array; ``None`` when there are none."""
+    if nodata is None:
+        return None
+    if np.isnan(nodata):
+        mask = np.isnan(block).any(axis=2) if np.issubdtype(block.dtype, np.floating) else None
+    else:
+        mask = (block == nodata).any(axis=2)
+    return mask if mask is not None and mask.any() else None
+
+
+class CubeView:
+    """What every cube view has: an H x W x C ``shape`` (and its parts); :class:`HSICube` reads a source, other views
+    (e.g. :class:`~sschsr_deploy.bands.BandMappedCube`) compute regions from another cube."""
+
+    shape: tuple[int, int, int]
+
+    @property
+    def height(self) -> int:
+        return self.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.shape[1]
+
+    @property
+    def bands(self) -> int:
+        return self.shape[2]
+
+
+class HSICube(CubeView):
     """A hyperspectral cube (in memory or in a file) that hands out H x W x C regions as numpy arrays.
 
     ``perm`` gives, for the H, W and C axes, the axis of the underlying array (numpy array, memory map or HDF5 dataset)
@@ -119,18 +150,6 @@ class HSICube:
 
     def _name(self) -> str:
         return str(self.path) if self.path is not None else "hyperspectral cube"
-
-    @property
-    def height(self) -> int:
-        return self.shape[0]
-
-    @property
-    def width(self) -> int:
-        return self.shape[1]
-
-    @property
-    def bands(self) -> int:
-        return self.shape[2]
 
     @property
     def source(self) -> Any:
