@@ -210,6 +210,8 @@ class PreparedScene:
                 flat = block.reshape(-1, self.bands)
                 sums += flat.sum(axis=0, dtype=np.float64)
                 count += flat.shape[0]
+            del block
+            self.release_pages()  # the pass touches the whole cube: do not let its mapped pages add up
         if bad:
             hint = " (or give their marker as the nodata value: --nodata nan)" if self.nodata is None else ""
             raise InputValidationError(
