@@ -1,0 +1,100 @@
+"""The ``model.py`` Triton's Python backend runs for the ``sschsr`` model (copied into the model repository by
+:func:`sschsr_deploy.serving.repository.write_repository`; importable elsewhere only for reading).
+
+Tensors cross the backend boundary through DLPack (``pb_utils.Tensor.from_dlpack`` / ``to_dlpack``): the numpy
+constructor ``pb_utils.Tensor(name, ndarray)`` of the Python backend shipped with nvidia-pytriton 0.7.0 returns empty
+tensors under numpy 2. The settings come from the config's ``parameters``
+(:class:`~sschsr_deploy.serving.repository.ModelSettings`); the work is
+:class:`~sschsr_deploy.serving.handler.SceneHandler`'s.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _settings(args: dict[str, Any]) -> Any:
+    params = json.loads(args["model_config"]).get("parameters", {})
+    raw = params.get("sys_path", {})
+    for entry in reversed(json.loads(raw.get("string_value", "[]") if isinstance(raw, dict) else raw or "[]")):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    from sschsr_deploy.serving.repository import ModelSettings
+
+    return ModelSettings.from_parameters(params)
+
+
+class TritonPythonModel:
+    """One instance per Triton model instance (its own process): one loaded pipeline, one scene at a time."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        settings = _settings(args)  # first: it puts the package's folder on sys.path
+
+        from sschsr_deploy.serving.handler import SceneHandler
+
+        self.pb = pb_utils
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args.get('model_instance_device_id', 0)}"
+        self.handler = SceneHandler.from_settings(settings, device)
+        self.name = args.get("model_instance_name", "sschsr")
+        import sschsr_deploy
+
+        self.package = str(Path(sschsr_deploy.__file__).parent)
+
+    def _input(self, request: Any, name: str) -> Any:
+        import numpy as np
+        import torch.utils.dlpack
+
+        tensor = self.pb.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return None
+        return np.array(torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu().numpy(), copy=True)
+
+    def _output(self, name: str, array: Any) -> Any:
+        import torch
+        import torch.utils.dlpack
+
+        return self.pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        from sschsr_deploy.errors import SSCHSRError
+        from sschsr_deploy.serving.handler import SceneHandler, one_line
+
+        responses = []
+        for request in requests:
+            try:
+                hr, meta = self.handler(self._input(request, "LR_HSI"), self._input(request, "REF_RGB"),
+                                        self._input(request, "SCALE"), self._input(request, "NODATA"))
+                meta["server"] = {"instance": self.name, "package": self.package}
+                outputs = [self._output("HR_HSI", hr), self._output("METADATA", SceneHandler.encode_metadata(meta))]
+                responses.append(self.pb.InferenceResponse(output_tensors=outputs))
+            except SSCHSRError as exc:  # the client's to fix: one line, INVALID_ARG where the backend can say so
+                responses.append(self._error(one_line(exc), invalid=True))
+            except MemoryError as exc:
+                responses.append(self._error(f"out of memory: {one_line(exc)}", invalid=False))
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                responses.append(self._error(f"internal error: {type(exc).__name__}: {one_line(exc)}", invalid=False))
+        gc.collect(0)
+        return responses
+
+    def _error(self, message: str, invalid: bool) -> Any:
+        error_cls = self.pb.TritonError
+        code = getattr(error_cls, "INVALID_ARG", None) if invalid else getattr(error_cls, "INTERNAL", None)
+        try:
+            error = error_cls(message, code) if code is not None else error_cls(message)
+        except TypeError:  # an older backend: message only
+            error = error_cls(message)
+        return self.pb.InferenceResponse(output_tensors=[], error=error)
+
+    def finalize(self) -> None:
+        self.handler = None
+        gc.collect()
