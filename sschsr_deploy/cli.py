@@ -171,6 +171,13 @@ def _build_parser() -> _Parser:
                         "m.summary.json)")
     p.add_argument("--no-resume", action="store_true",
                    help="many scenes: run scenes whose output is already complete again (default: skip them)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: actors on a Ray cluster, each loading the model once "
+                        "(many scenes: a scene per actor at a time; one scene: its windows spread over the actors, "
+                        "blended here); needs pip install 'sschsr-deploy[ray]' (docs/scale-out.md)")
+    p.add_argument("--address", help="--executor ray: the cluster to join (ray start's address, or 'auto'); default: "
+                                     "a local cluster started for this run")
+    p.add_argument("--workers", type=int, help="--executor ray: actors (default: one per GPU, else per CPU)")
     p.add_argument("--format", choices=FORMATS,
                    help="output format (default: from the --out extension; with folders: npy)")
     p.add_argument("--out-layout", choices=("hwc", "chw", "bip", "bil", "bsq"), default=None,
@@ -228,6 +235,12 @@ def _build_parser() -> _Parser:
     p = command("bench", help="per-tile latency, throughput and peak memory of backends side by side; JSON on stdout")
     bench.add_arguments(p)
 
+    from sschsr_deploy.serving import cli as serving_cli
+
+    p = command("serve", help="serve the model with NVIDIA Triton Inference Server (HTTP, gRPC, metrics) until "
+                              "SIGINT / SIGTERM; see docs/serving.md")
+    serving_cli.add_arguments(p)
+
     p = command("info", help="show the environment: versions, CUDA, native extension, Triton, ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -259,6 +272,8 @@ def _infer_mode(args: argparse.Namespace) -> str:
     def usage(message: str) -> _ArgumentError:
         return _ArgumentError(f"{message} (see {PROG} infer --help)")
 
+    if args.executor != "ray" and (args.address is not None or args.workers is not None):
+        raise usage("--address and --workers apply to --executor ray")
     given = [f"--{n}" for n in ("hsi", "ref", "out") if getattr(args, n) is not None]
     if args.manifest is not None:
         if given:
@@ -329,10 +344,10 @@ def _infer_jobs(args: argparse.Namespace, mode: str) -> tuple[list, Path]:
     return jobs, Path(args.summary) if args.summary is not None else summary
 
 
-def _make_pipeline(args: argparse.Namespace):
-    """``infer``'s pipeline: an exported model (--engine) or the network (--weights / --preset)."""
+def _model_choice(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """``infer``'s checked model choice: the Pipeline options shared by every backend and the backend (from
+    ``--engine``'s suffix, ``--backend``, or torch for weights); mismatched flags are refused here."""
     from sschsr_deploy.errors import InputValidationError
-    from sschsr_deploy.runtime import Pipeline
     from sschsr_deploy.runtime.backends import ENGINE_SUFFIXES, backend_for_path
 
     tile = args.tile if args.tile is None or isinstance(args.tile, int | str) else "default"
@@ -362,8 +377,7 @@ def _make_pipeline(args: argparse.Namespace):
             raise InputValidationError("--compile applies to the torch backend only")
         if args.cuda_graph and backend != "tensorrt":
             raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
-        options = {"cuda_graph": True} if args.cuda_graph else {}
-        return Pipeline(engine, backend=backend, backend_options=options, **common)
+        return common, backend
     backend = backend or "torch"
     if backend != "torch":
         raise InputValidationError(
@@ -372,8 +386,54 @@ def _make_pipeline(args: argparse.Namespace):
         )
     if args.cuda_graph:
         raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
+    if args.weights is None and not args.allow_random_weights and args.preset != "tiny":
+        raise InputValidationError(
+            "no --weights given and no weights ship for the official preset (the official checkpoint cannot be "
+            "bundled): pass --weights, use --preset tiny (or --weights tiny-x4) for the shipped small model, or "
+            "--allow-random-weights for a plumbing test"
+        )
+    return common, backend
+
+
+def _make_pipeline(args: argparse.Namespace):
+    """``infer``'s pipeline: an exported model (--engine) or the network (--weights / --preset); with ``--executor
+    ray`` a :class:`~sschsr_deploy.distributed.RayPipeline` whose actors load the same model."""
+    from sschsr_deploy.runtime import Pipeline
+
+    common, backend = _model_choice(args)
+    if args.executor == "ray":
+        from sschsr_deploy.distributed import RayPipeline
+
+        return RayPipeline(_model_spec(args, common, backend), address=args.address, workers=args.workers,
+                           quiet=args.quiet)
+    if args.engine is not None:
+        options = {"cuda_graph": True} if args.cuda_graph else {}
+        return Pipeline(Path(args.engine), backend=backend, backend_options=options, **common)
     model, info = _load_infer_model(args)
     return Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
+
+
+def _model_spec(args: argparse.Namespace, common: dict[str, Any], backend: str):
+    """What Ray actors load (a picklable description, not a model): the same choices as :func:`_load_infer_model`."""
+    from sschsr_deploy.distributed import ModelSpec
+    from sschsr_deploy.weights import shipped_name
+
+    pipeline = {k: v for k, v in common.items() if k != "quiet"}
+    if args.engine is not None:
+        options = {"cuda_graph": True} if args.cuda_graph else {}
+        return ModelSpec(str(args.engine), backend=backend, pipeline={**pipeline, "backend_options": options})
+    load = {k: v for k, v in dict(scale=args.scale, bands=args.bands, rgb_bands=args.rgb_bands,
+                                  batchnorm_mode=args.bn_mode).items() if v is not None}
+    weights = None
+    if args.weights is not None:
+        source, weights = (args.weights, None) if args.preset is None else (args.preset, args.weights)
+    elif args.allow_random_weights:
+        source = args.preset or "official"
+        load["random_weights"] = True
+    else:  # --preset tiny (checked by _model_choice): the shipped weights
+        source = shipped_name("tiny", args.scale)
+        load.pop("scale", None)
+    return ModelSpec(source, weights=weights, load=load, pipeline={**pipeline, "compile": args.compile})
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
@@ -397,6 +457,9 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     except BaseException:
         args.written = getattr(pipe, "last_output", None)  # a signal during the commit comes after it: say so
         raise
+    finally:
+        if hasattr(pipe, "close"):  # a RayPipeline's actors
+            pipe.close()
     if not args.quiet:
         plan = pipe.last_plan
         print(f"wrote {path} ({plan.height}x{plan.width}x{pipe.backend.bands} float32, {len(plan)} window(s), "
@@ -411,10 +474,18 @@ def _infer_many(args: argparse.Namespace, mode: str) -> int:
 
     jobs, summary_path = _infer_jobs(args, mode)
     check_writable(summary_path)
-    pipe = _make_pipeline(args)  # once, for all scenes
     try:
-        summary = run_scenes(pipe, jobs, resume=not args.no_resume, keep_going=args.keep_going,
-                             summary_path=summary_path, progress=not args.quiet)
+        if args.executor == "ray":  # actors load the model, a scene each at a time
+            from sschsr_deploy.distributed import run_scenes_ray
+
+            spec = _model_spec(args, *_model_choice(args))
+            summary = run_scenes_ray(spec, jobs, address=args.address, workers=args.workers,
+                                     resume=not args.no_resume, keep_going=args.keep_going,
+                                     summary_path=summary_path, progress=not args.quiet)
+        else:
+            pipe = _make_pipeline(args)  # once, for all scenes
+            summary = run_scenes(pipe, jobs, resume=not args.no_resume, keep_going=args.keep_going,
+                                 summary_path=summary_path, progress=not args.quiet)
     except BaseException:
         _note_stopped_run(args, summary_path)
         raise
@@ -616,6 +687,12 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sschsr_deploy.serving.cli import run
+
+    return run(args, PROG)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from sschsr_deploy.bench import bench_from_args, summary_lines
 
@@ -717,7 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     debug = debug or args.debug
     handler = {"infer": _cmd_infer, "info": _cmd_info, "demo": _cmd_demo, "export": _cmd_export,
-               "build-engine": _cmd_build_engine, "bench": _cmd_bench}[args.command]
+               "build-engine": _cmd_build_engine, "bench": _cmd_bench,
+               "serve": _cmd_serve}[args.command]
     from sschsr_deploy.io.signals import Terminated, terminate_on_signals
 
     try:
