@@ -4,12 +4,9 @@ of the same scene without fill) is ``benchmarks/bench_nodata.py``; its logic is 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 from scipy import ndimage
 
 from sschsr_deploy.errors import InputValidationError
@@ -18,7 +15,6 @@ from sschsr_deploy.runtime import Pipeline
 from sschsr_deploy.scene import PreparedScene, fill_nodata
 
 FILL = -9999.0
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_nodata.py"
 
 
 def _scene_inputs(seed: int = 0, lr_size: tuple[int, int] = (40, 36)):
@@ -28,15 +24,7 @@ def _scene_inputs(seed: int = 0, lr_size: tuple[int, int] = (40, 36)):
     return lr, ref
 
 
-def _load_bench():
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_nodata", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("bench_nodata")
 _fill_mask = bench.fill_mask  # the benchmark's layout: two fill rows, two fill columns, a 2-pixel border
 
 

@@ -3,23 +3,15 @@ the JSON), and the ONNX Runtime trace aggregation on a made-up trace."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_stages.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def prof():
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("profile_stages", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profile_stages")
 
 
 def test_torch_profile_names_every_stage(prof, tmp_path, monkeypatch, capsys):
