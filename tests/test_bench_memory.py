@@ -8,12 +8,9 @@ checks the plumbing — inputs written by a child, the command line, the sampled
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from benchmark_scripts import load_benchmark
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_memory.py"
 
 
 @pytest.fixture(scope="module")
