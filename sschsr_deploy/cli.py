@@ -178,6 +178,11 @@ def _build_parser() -> _Parser:
     p.add_argument("--address", help="--executor ray: the cluster to join (ray start's address, or 'auto'); default: "
                                      "a local cluster started for this run")
     p.add_argument("--workers", type=int, help="--executor ray: actors (default: one per GPU, else per CPU)")
+    p.add_argument("--ray-outputs", choices=("worker", "driver"), default=None,
+                   help="--executor ray, many scenes: worker (default): each actor reads its scene and writes its "
+                        "output on a file system shared with this machine; driver: this process reads the inputs, "
+                        "sends them to the actors and writes the outputs they return (no shared file system; this "
+                        "machine's disk and memory carry them). One scene: this process always writes")
     p.add_argument("--format", choices=FORMATS,
                    help="output format (default: from the --out extension; with folders: npy)")
     p.add_argument("--out-layout", choices=("hwc", "chw", "bip", "bil", "bsq"), default=None,
@@ -274,6 +279,8 @@ def _infer_mode(args: argparse.Namespace) -> str:
 
     if args.executor != "ray" and (args.address is not None or args.workers is not None):
         raise usage("--address and --workers apply to --executor ray")
+    if args.executor != "ray" and args.ray_outputs is not None:
+        raise usage("--ray-outputs applies to --executor ray")
     given = [f"--{n}" for n in ("hsi", "ref", "out") if getattr(args, n) is not None]
     if args.manifest is not None:
         if given:
@@ -481,7 +488,8 @@ def _infer_many(args: argparse.Namespace, mode: str) -> int:
             spec = _model_spec(args, *_model_choice(args))
             summary = run_scenes_ray(spec, jobs, address=args.address, workers=args.workers,
                                      resume=not args.no_resume, keep_going=args.keep_going,
-                                     summary_path=summary_path, progress=not args.quiet)
+                                     summary_path=summary_path, progress=not args.quiet,
+                                     outputs=args.ray_outputs or "worker")
         else:
             pipe = _make_pipeline(args)  # once, for all scenes
             summary = run_scenes(pipe, jobs, resume=not args.no_resume, keep_going=args.keep_going,

@@ -129,7 +129,8 @@ def test_scenes_interrupted_driver_resumes(cluster, scenes, tmp_path):
     _check_outputs(out, scenes)
 
 
-def test_scenes_failures_retried_bounded_then_reported(cluster, scenes, tmp_path):
+@pytest.mark.parametrize("outputs", ["worker", "driver"])
+def test_scenes_failures_retried_bounded_then_reported(cluster, scenes, tmp_path, outputs):
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "rgb").mkdir()
@@ -139,7 +140,7 @@ def test_scenes_failures_retried_bounded_then_reported(cluster, scenes, tmp_path
             SceneJob(lr / "c.npy", tmp_path / "rgb" / "small.png", out / "bad.npy"),  # wrong size: input error
             SceneJob(lr / "d.npy", rgb / "d.png", out / "bug.npy", {"bogus": 1})]  # TypeError in the worker
     summary = run_scenes_ray(cluster, jobs, keep_going=True, retries=1, progress=False,
-                             summary_path=tmp_path / "s.json")
+                             summary_path=tmp_path / "s.json", outputs=outputs)
     a, bad, bug = summary.scenes
     assert a["status"] == "done" and "attempts" not in a
     assert bad["status"] == "failed" and "InputValidationError" in bad["error"] and "attempts" not in bad
@@ -147,8 +148,68 @@ def test_scenes_failures_retried_bounded_then_reported(cluster, scenes, tmp_path
     assert not summary.ok and not (out / "bad.npy").exists() and not (out / "bug.npy").exists()
     # without keep_going the first failure is raised (its own type), after the summary is written
     with pytest.raises(InputValidationError, match="reference"):
-        run_scenes_ray(cluster, jobs[1:2], progress=False, summary_path=tmp_path / "s2.json")
+        run_scenes_ray(cluster, jobs[1:2], progress=False, summary_path=tmp_path / "s2.json", outputs=outputs)
     assert json.loads((tmp_path / "s2.json").read_text())["counts"] == {"failed": 1}
+
+
+def _sidecar(out: Path) -> dict:
+    """A sidecar without what differs between runs (run id, time stamp, timings)."""
+    side = json.loads(sidecar_path(out).read_text())
+    for key in ("run_id", "created_utc", "timings"):
+        side.pop(key)
+    return side
+
+
+def test_scenes_driver_outputs_same_files_and_sidecars(cluster, scenes, tmp_path):
+    """outputs="driver": the driver reads, the actors compute in memory, the driver writes — the very outputs and
+    sidecars the workers' run_files writes (the fixture's expected files are run_files' own)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [job for job in jobs_from_folders(scenes / "lr", scenes / "rgb", out) if job.out.stem in ("a", "c")]
+    summary = run_scenes_ray(cluster, jobs, outputs="driver", progress=False, summary_path=tmp_path / "s.json")
+    assert summary.ok and summary.counts == {"done": 2}
+    host = socket.gethostname()
+    for row in summary.scenes:
+        assert row["worker"].startswith(f"{host}:") and row["worker"] != f"{host}:{os.getpid()}"  # computed there
+        assert {"preprocess_s", "inference_s", "write_s", "total_s", "windows"} <= set(row["timings"])
+    _check_outputs(out, scenes, names=("a", "c"))
+    for name in ("a", "c"):
+        side = _sidecar(out / f"{name}.npy")
+        assert side == _sidecar(scenes / "expected" / f"{name}.npy")
+        assert side["inputs"]["hsi"] == str(scenes / "lr" / f"{name}.npy") and side["metadata"] is not None
+    with pytest.raises(ValueError, match="outputs"):
+        run_scenes_ray(cluster, jobs, outputs="nfs")
+
+
+def test_scenes_driver_outputs_resume_and_a_worker_killed(cluster, scenes, tmp_path):
+    """outputs="driver": complete outputs are skipped; the actor computing scene b is killed, b is sent again and
+    every scene is written exactly once, bit for bit."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a", "c"):  # complete outputs from an earlier run
+        for src in (scenes / "expected" / f"{name}.npy", sidecar_path(scenes / "expected" / f"{name}.npy")):
+            (out / src.name).write_bytes(src.read_bytes())
+    before = {n: (out / f"{n}.npy").stat().st_mtime_ns for n in ("a", "c")}
+    jobs = jobs_from_folders(scenes / "lr", scenes / "rgb", out)
+    pids = cluster.pids()
+    killed, seen = [], []
+
+    def on_result(i, row):
+        seen.append(jobs[i].out.name)
+        if not killed:  # the first scene back is d (1 window); the other actor is inside the 9-window scene b
+            assert jobs[i].out.name == "d.npy"
+            other = [p for p in pids if row["worker"] != f"{socket.gethostname()}:{p}"]
+            assert len(other) == 1
+            os.kill(other[0], signal.SIGKILL)
+            killed.append(other[0])
+
+    summary = run_scenes_ray(cluster, jobs, outputs="driver", progress=False, on_result=on_result)
+    rows = {Path(r["out"]).name: r for r in summary.scenes}
+    assert killed and sorted(seen) == ["b.npy", "d.npy"]  # each reported once
+    assert summary.counts == {"skipped": 2, "done": 2}
+    assert rows["b.npy"]["attempts"] == 2 and "attempts" not in rows["d.npy"]
+    assert {n: (out / f"{n}.npy").stat().st_mtime_ns for n in ("a", "c")} == before  # not written again
+    _check_outputs(out, scenes)
 
 
 def test_large_scene_windows_bit_exact_with_a_worker_killed(cluster, scenes, tmp_path):
@@ -226,8 +287,8 @@ def test_model_spec_splits_options_and_is_picklable(tmp_path):
 
 
 def test_cli_executor_ray_runs_a_folder(scenes, tmp_path):
-    """``infer --executor ray`` in its own process (its own local cluster: the module's actors hold this one's CPUs);
-    and the Ray-only flags are refused without it."""
+    """``infer --executor ray --ray-outputs driver`` in its own process (its own local cluster: the module's actors
+    hold this one's CPUs); and the Ray-only flags are refused without it."""
     lr, rgb, out = tmp_path / "lr", tmp_path / "rgb", tmp_path / "out"
     lr.mkdir()
     rgb.mkdir()
@@ -236,7 +297,8 @@ def test_cli_executor_ray_runs_a_folder(scenes, tmp_path):
         (rgb / f"{name}.png").write_bytes((scenes / "rgb" / f"{name}.png").read_bytes())
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
     cmd = [sys.executable, "-m", "sschsr_deploy.cli", "infer", "--hsi", str(lr), "--ref", str(rgb), "--out", str(out),
-           "--weights", "tiny-x4", "--tile", "128", "--executor", "ray", "--workers", "2", "--quiet"]
+           "--weights", "tiny-x4", "--tile", "128", "--executor", "ray", "--workers", "2", "--quiet",
+           "--ray-outputs", "driver"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "sschsr-summary.json").read_text())
@@ -248,3 +310,5 @@ def test_cli_executor_ray_runs_a_folder(scenes, tmp_path):
 
     assert main(["infer", "--hsi", str(lr / "a.npy"), "--ref", str(rgb / "a.png"), "--out", str(tmp_path / "x.npy"),
                  "--weights", "tiny-x4", "--workers", "2"]) == 2
+    assert main(["infer", "--hsi", str(lr), "--ref", str(rgb), "--out", str(tmp_path / "y"), "--weights", "tiny-x4",
+                 "--ray-outputs", "driver"]) == 2

@@ -88,6 +88,32 @@ class SceneWorker:
         return {"status": "done", "seconds": round(time.perf_counter() - t, 3), "worker": self._where(),
                 "timings": dict(self.pipe.last_timings or {})}
 
+    def compute_scene(self, lr: np.ndarray, ref: np.ndarray, facts: dict[str, Any], metadata: Any,
+                      options: dict[str, Any]) -> dict[str, Any]:
+        """One scene in memory, for a driver that writes the outputs (``run_scenes_ray(outputs="driver")``): ``lr``
+        (H x W x C, as read by the driver), its ``facts`` (:func:`~sschsr_deploy.runtime.pipeline.input_facts`) and
+        ``metadata`` (the cube's CubeMetadata), ``ref`` (the decoded reference) and the compute options
+        (``scale``, ``nodata``, ``band_mapping``) through ``Pipeline.compute_scene``. Returns ``done`` with ``hr``
+        (H x W x C float32), ``metadata``, ``record`` and ``timings`` (what ``write_output`` needs), or ``failed``
+        as :meth:`run_scene` does; nothing is written here."""
+        if self.error is not None:
+            raise self.error
+        from sschsr_deploy.io.cube import HSICube
+
+        t = time.perf_counter()
+        # Ray hands arguments over as read-only views of its object store; the preprocessing may expect writable ones
+        lr = lr if lr.flags.writeable else lr.copy()
+        ref = ref if ref.flags.writeable else ref.copy()
+        try:
+            cube = HSICube(lr, (0, 1, 2), path=facts["hsi"], format=facts["hsi_format"],
+                           variable=facts["hsi_variable"], layout=facts["hsi_layout"], metadata=metadata)
+            res = self.pipe.compute_scene(cube, ref, options.get("scale"), nodata=options.get("nodata"),
+                                          band_mapping=options.get("band_mapping", "auto"))
+        except (SSCHSRError, OSError, MemoryError) as exc:
+            return {"status": "failed", "error": error_text(exc), "exception": exc, "worker": self._where(),
+                    "seconds": round(time.perf_counter() - t, 3), "retry": not isinstance(exc, SSCHSRError)}
+        return {"status": "done", "seconds": round(time.perf_counter() - t, 3), "worker": self._where(), **res}
+
     @staticmethod
     def _where() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"

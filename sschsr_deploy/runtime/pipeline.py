@@ -60,7 +60,7 @@ from sschsr_deploy.runtime.planner import (
 from sschsr_deploy.runtime.streams import HostBatch, TileExecutor
 from sschsr_deploy.scene import PreparedScene, check_nodata
 
-__all__ = ["Pipeline", "output_layout"]
+__all__ = ["Pipeline", "input_facts", "output_layout", "sidecar_info", "write_output"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,72 @@ def output_layout(input_layout: str | None, out_format: str, requested: str | No
         return lay if out_format == "envi" else _ENVI_INTERLEAVES[lay]
     return lay if lay in ("hwc", "chw") else "hwc"
 
+
+
+def input_facts(hsi_path: str | Path, ref_path: str | Path, cube: HSICube) -> dict[str, Any]:
+    """The sidecar's record of the inputs as read (before the run's scale and pseudo-RGB bands are added)."""
+    return {"hsi": str(hsi_path), "hsi_format": cube.format, "hsi_variable": cube.variable, "hsi_layout": cube.layout,
+            "lr_shape_hwc": list(cube.shape), "reference": str(ref_path)}
+
+
+def sidecar_info(inputs: dict[str, Any], record: dict[str, Any], out_format: str, layout: str,
+                 shape: Sequence[int], metadata: CubeMetadata, timings: dict[str, Any],
+                 extra_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An output's JSON sidecar (before :meth:`HSIWriter.commit` adds the output files): the inputs
+    (:func:`input_facts`), the run (:meth:`Pipeline.run_record`), the output's format, layout, shape and metadata,
+    the timings, then ``extra_info``."""
+    record = dict(record)
+    describe = record.pop("describe")
+    info = {
+        "inputs": {**inputs, "scale": record["scale"], "rgb_bands": list(record["rgb_bands"])},
+        "output_format": out_format,
+        "output_layout": layout,
+        "output_shape_hwc": list(shape),
+        "output_dtype": "float32",
+        "output_scale": record["output_scale"],
+        "normalization": record["normalization"],
+        "nodata": record["nodata"],
+        "band_mapping": record["band_mapping"],
+        "metadata": metadata.to_json(),
+        **describe,
+        "timings": timings,
+    }
+    info.update(extra_info or {})
+    return info
+
+
+def write_output(out_path: str | Path, hr: np.ndarray, *, inputs: dict[str, Any], record: dict[str, Any],
+                 metadata: CubeMetadata, timings: dict[str, Any] | None = None, format: str | None = None,
+                 out_layout: str | None = None, out_variable: str = "hsi", sidecar: bool = True,
+                 extra_info: dict[str, Any] | None = None) -> Path:
+    """Write an HR cube computed elsewhere (``hr``: H x W x C float32, from :meth:`Pipeline.compute_scene`) exactly
+    as :meth:`Pipeline.run_files` writes its output: same format / layout rules (:func:`output_layout` from the
+    input's layout in ``inputs``), metadata, sidecar (:func:`sidecar_info`; ``timings`` is updated in place: its
+    ``write_s`` / ``total_s`` then include this write) and atomic commit (:class:`HSIWriter`: stale temps removed,
+    free space checked, output and sidecar renamed together; nothing changes under ``out_path`` on an error)."""
+    from sschsr_deploy.io.atomic import check_writable, clean_stale_temps
+    from sschsr_deploy.io.hsi import check_output_space
+
+    t0 = time.perf_counter()
+    out_path = check_writable(out_path)
+    out_format = format_from_path(out_path, format)
+    clean_stale_temps(out_path.parent)
+    layout = output_layout(inputs.get("hsi_layout"), out_format, out_layout)
+    shape = tuple(int(v) for v in hr.shape)
+    check_output_space(out_path, shape, np.float32, format=out_format, layout=layout, metadata=metadata)
+    with HSIWriter(out_path, shape, np.float32, format=out_format, layout=layout, variable=out_variable,
+                   metadata=metadata) as writer:
+        writer.write_rows(0, hr)
+        writer.finish()
+        times = timings if timings is not None else {}
+        write_s = time.perf_counter() - t0
+        times["write_s"] = round(float(times.get("write_s", 0.0)) + write_s, 4)
+        times["total_s"] = round(float(times.get("total_s", 0.0)) + write_s, 4)
+        if times["total_s"] > 0:
+            times["hr_megapixels_per_s"] = round(shape[0] * shape[1] / 1e6 / times["total_s"], 5)
+        info = sidecar_info(inputs, record, out_format, layout, shape, metadata, times, extra_info) if sidecar else None
+        writer.commit(sidecar=info)
+    return out_path
 
 
 class Pipeline:
@@ -564,36 +630,58 @@ class Pipeline:
                 self.last_timings = self._timings(t0, t1, t2, t3, scene.height, scene.width)
                 info = None
                 if sidecar:
-                    mapping = self.last_band_mapping
-                    info = {
-                        "inputs": {
-                            "hsi": str(hsi_path), "hsi_format": cube.format, "hsi_variable": cube.variable,
-                            "hsi_layout": cube.layout, "lr_shape_hwc": list(cube.shape), "reference": str(ref_path),
-                            "scale": scene.scale, "rgb_bands": list(scene.rgb_bands),
-                        },
-                        "output_format": out_format,
-                        "output_layout": layout,
-                        "output_shape_hwc": list(shape),
-                        "output_dtype": "float32",
-                        "output_scale": self.output_scale,
-                        "normalization": {"enabled": scene.normalize, "lr_min": scene.lo, "lr_max": scene.hi},
-                        "nodata": None if scene.nodata is None else {
-                            "value": "nan" if np.isnan(scene.nodata) else scene.nodata,
-                            "masked_lr_pixels": scene.masked_pixels,
-                            "fill": "nearest valid pixel (per LR crop); written back as nodata",
-                        },
-                        "band_mapping": None if mapping is None else mapping.describe(),
-                        "metadata": out_meta.to_json(),
-                        **self.describe(),
-                        "timings": self.last_timings,
-                    }
-                    info.update(extra_info or {})
+                    info = sidecar_info(input_facts(hsi_path, ref_path, cube), self.run_record(scene), out_format,
+                                        layout, shape, out_meta, self.last_timings, extra_info)
                 try:
                     writer.commit(sidecar=info)  # a signal during its renames is acted on after them
                 finally:
                     if writer.committed:
                         self.last_output = out_path
         return out_path
+
+    def run_record(self, scene: PreparedScene) -> dict[str, Any]:
+        """What an output's sidecar records about the run of ``scene`` (after :meth:`execute`): scale, pseudo-RGB
+        bands, output scale, normalisation range, nodata, band mapping and :meth:`describe` (model, backend, tiling).
+        Plain values (picklable): :func:`sidecar_info` assembles the sidecar from it wherever the output is written."""
+        mapping = self.last_band_mapping
+        return {
+            "scale": scene.scale,
+            "rgb_bands": list(scene.rgb_bands),
+            "output_scale": self.output_scale,
+            "normalization": {"enabled": scene.normalize, "lr_min": scene.lo, "lr_max": scene.hi},
+            "nodata": None if scene.nodata is None else {
+                "value": "nan" if np.isnan(scene.nodata) else scene.nodata,
+                "masked_lr_pixels": scene.masked_pixels,
+                "fill": "nearest valid pixel (per LR crop); written back as nodata",
+            },
+            "band_mapping": None if mapping is None else mapping.describe(),
+            "describe": self.describe(),
+        }
+
+    def compute_scene(self, cube: HSICube, ref_rgb: Any, scale: int | None = None, *,
+                      nodata: float | str | None = None, band_mapping: str = "auto") -> dict[str, Any]:
+        """``run_files``' compute part for a cube already read (no file is touched): the same checks, in the same
+        order, then the HR cube in memory. Returns ``{"hr": H x W x C float32, "metadata": the output's
+        CubeMetadata (:meth:`output_metadata`), "record": :meth:`run_record`, "timings": ...}`` — with
+        :func:`input_facts` of the file the cube was read from, what :func:`write_output` needs to write exactly
+        what ``run_files`` would have (used where the inputs are read and the output written elsewhere, e.g. a Ray
+        driver)."""
+        t0 = time.perf_counter()
+        run_scale = self.resolve_scale(scale)
+        run_nodata = check_nodata(cube.metadata.nodata if nodata is None else nodata)
+        self._check_bands(self.map_bands(cube, band_mapping))
+        out_meta = self.output_metadata(cube, run_scale, run_nodata)
+        scene = self.prepare(cube, ref_rgb, scale, nodata=run_nodata, band_mapping=band_mapping)
+        t1 = time.perf_counter()
+        hr = np.empty((scene.height, scene.width, self.backend.bands), dtype=np.float32)
+
+        def sink(y0: int, block: np.ndarray) -> None:
+            hr[y0:y0 + block.shape[1]] = block.transpose(1, 2, 0)
+
+        self.execute(scene, sink)
+        t2 = time.perf_counter()
+        self.last_timings = self._timings(t0, t1, t2, t2, scene.height, scene.width)
+        return {"hr": hr, "metadata": out_meta, "record": self.run_record(scene), "timings": dict(self.last_timings)}
 
     def run_scenes(self, jobs: Any, *, resume: bool = True, keep_going: bool = False,
                    summary_path: str | Path | None = None, progress: bool | None = None) -> Any:
