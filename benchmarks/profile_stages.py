@@ -137,15 +137,49 @@ def profile_onnxruntime(args: argparse.Namespace) -> dict:
             sess.run(None, feed)
         total = (time.perf_counter() - t0) / args.repeat
         trace = json.loads(Path(sess.end_profiling()).read_text())
-    stages, ops = aggregate_ort_trace(trace, args.repeat + 1, args.top)
+    stages, ops = aggregate_ort_trace(trace, args.repeat + 1, args.top, node_stages(args.onnx))
     return {"backend": "onnxruntime", "model": Path(args.onnx).name, "total_s": round(total, 4),
             "stages_s": stages, "ops": ops, "rel_l2_vs_fp32": None}
 
 
-def aggregate_ort_trace(trace: list[dict], runs: int, top: int) -> tuple[dict[str, float], list[dict]]:
+def node_stages(onnx_path: str) -> dict[str, str]:
+    """Node name → stage, from the module scopes the exporter records on each node (``pkg.torch.onnx.name_scopes``:
+    ``['', 'model', 'model.decoder', ...]`` → ``decoder``); nodes without them are left out (``other``)."""
+    import onnx
+
+    out: dict[str, str] = {}
+    for node in onnx.load(onnx_path, load_external_data=False).graph.node:
+        for prop in node.metadata_props:
+            if prop.key != "pkg.torch.onnx.name_scopes":
+                continue
+            for scope in prop.value.strip("[]").replace("'", "").split(","):
+                parts = scope.strip().split(".")
+                if len(parts) >= 2 and parts[0] == "model" and parts[1] in STAGES:
+                    out[node.name] = parts[1]
+                    break
+    return out
+
+
+def _stage_of(node: str, stages_of: dict[str, str]) -> str | None:
+    """The stage of a profiled node: ONNX Runtime renames the nodes it rewrites (``node_conv2d_7`` runs as
+    ``conv2d_7_nchwc``; a fusion as ``node_MatMul_9/MatmulTransposeFusion/``): try the name, then undo those."""
+    base = node.split("/")[0] if not node.startswith("/") else node
+    for suffix in ("_nchwc",):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    for name in (node, base, "node_" + base):
+        if name in stages_of:
+            return stages_of[name]
+    return None
+
+
+def aggregate_ort_trace(trace: list[dict], runs: int, top: int,
+                        stages_of: dict[str, str] | None = None) -> tuple[dict[str, float], list[dict]]:
     """ONNX Runtime profiler events → (seconds per stage per run, the ``top`` operator types by time per run). Node
-    kernel events (``cat == "Node"``, names ``<node>_kernel_time``) are counted; a node's stage is the first part of
-    its exported name (``/decoder/res3/Conv`` → ``decoder``), ``other`` when it is not one of :data:`STAGES`."""
+    kernel events (``cat == "Node"``, names ``<node>_kernel_time``) are counted; a node's stage comes from
+    ``stages_of`` (:func:`node_stages`), else from a path-like name (``/decoder/res3/Conv`` → ``decoder``), else
+    ``other``."""
+    stages_of = stages_of or {}
     by_op: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     by_stage: dict[str, float] = defaultdict(float)
     for ev in trace:
@@ -154,8 +188,10 @@ def aggregate_ort_trace(trace: list[dict], runs: int, top: int) -> tuple[dict[st
         op = ev.get("args", {}).get("op_name", "?")
         by_op[op][0] += 1
         by_op[op][1] += ev.get("dur", 0) / 1e3  # µs → ms
-        parts = [p for p in ev["name"][: -len("_kernel_time")].split("/") if p]
-        by_stage[parts[0] if parts and parts[0] in STAGES else "other"] += ev.get("dur", 0) / 1e3
+        node = ev["name"][: -len("_kernel_time")]
+        parts = [p for p in node.split("/") if p]
+        stage = _stage_of(node, stages_of) or (parts[0] if parts and parts[0] in STAGES else "other")
+        by_stage[stage] += ev.get("dur", 0) / 1e3
     op_total = sum(v[1] for v in by_op.values()) or 1.0
     ops = sorted(({"op": k, "calls": int(v[0]) // runs, "self_ms": round(v[1] / runs, 3),
                    "share": round(v[1] / op_total, 4)} for k, v in by_op.items()), key=lambda r: -r["self_ms"])

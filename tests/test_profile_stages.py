@@ -31,10 +31,36 @@ def test_ort_trace_aggregation(prof):
         {"cat": "Node", "name": "/decoder/res3/Conv_kernel_time", "dur": 1000, "args": {"op_name": "Conv"}},
         {"cat": "Node", "name": "/flownet/Mul_kernel_time", "dur": 2000, "args": {"op_name": "Mul"}},
         {"cat": "Node", "name": "Cast_17_kernel_time", "dur": 500, "args": {"op_name": "Cast"}},
+        {"cat": "Node", "name": "node_conv2d_5_kernel_time", "dur": 500, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv2d_6_nchwc_kernel_time", "dur": 200, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "node_MatMul_7/MatmulTransposeFusion/_kernel_time", "dur": 100,
+         "args": {"op_name": "Conv"}},
         {"cat": "Node", "name": "/decoder/res3/Conv_fence_before", "dur": 99999, "args": {"op_name": "Conv"}},
         {"cat": "Session", "name": "model_run", "dur": 99999},
     ]
-    stages, ops = prof.aggregate_ort_trace(trace, runs=2, top=2)
-    assert stages == {"decoder": 0.002, "flownet": 0.001, "other": 0.00025}
-    assert [o["op"] for o in ops] == ["Conv", "Mul"] and ops[0]["calls"] == 1 and ops[0]["self_ms"] == 2.0
-    assert ops[0]["share"] == pytest.approx(4000 / 6500, abs=1e-4)
+    renamed = {"node_conv2d_5": "similar", "node_conv2d_6": "similar", "node_MatMul_7": "similar"}  # as ORT runs them
+    stages, ops = prof.aggregate_ort_trace(trace, runs=2, top=2, stages_of=renamed)
+    assert stages == {"decoder": 0.002, "flownet": 0.001, "other": 0.00025, "similar": 0.0004}
+    assert [o["op"] for o in ops] == ["Conv", "Mul"] and ops[0]["calls"] == 2 and ops[0]["self_ms"] == 2.4
+    assert ops[0]["share"] == pytest.approx(4800 / 7300, abs=1e-4)
+
+
+def test_node_stages_from_the_exporters_scopes(prof, tmp_path):
+    """The dynamo exporter names nodes ``node_conv2d_N``; their module scopes say the stage."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def node(name: str, scopes: str | None):
+        n = helper.make_node("Relu", ["x"], [name + "_y"], name=name)
+        if scopes is not None:
+            n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=scopes)
+        return n
+
+    graph = helper.make_graph(
+        [node("node_conv2d_1", "['', 'model', 'model.decoder', 'model.decoder.res3', 'conv2d_1']"),
+         node("node_mul_2", "['', 'model', 'model.flownet', 'mul_2']"), node("node_cast_3", "['', 'cast_3']"),
+         node("node_add_4", None)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), path)
+    assert prof.node_stages(str(path)) == {"node_conv2d_1": "decoder", "node_mul_2": "flownet"}
