@@ -48,7 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest tile of a dynamic tile size, S or H W (default: --tile, i.e. fixed)")
     p.add_argument("--batch", type=int, default=1, help="maximum batch (dynamic batch 1..N when N > 1; default 1)")
     p.add_argument("--min-batch", type=int, default=1, help="minimum batch (default 1)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision (default fp32)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="graph precision (default fp32); int8: the fp32 graph quantized (QDQ; the decoder's and HSI "
+                        "encoder's convolutions, calibrated on held-out synthetic scenes; engine/quantize.py)")
+    p.add_argument("--calibration-scenes", type=int, default=8,
+                   help="int8: synthetic held-out scenes (one tile each) to calibrate on (default 8, at least 4)")
     p.add_argument("--ops", choices=("standard", "custom"), default="standard",
                    help="standard: plain ONNX (ONNX Runtime, TensorRT's parser); custom: sschsr nodes for our "
                         "TensorRT plugins (default standard)")
@@ -139,16 +143,56 @@ def export_from_args(args: argparse.Namespace, source: ModelSource | None = None
     extra = {"weights_source": weights_source}
     if info.get("weights_file_sha256"):
         extra["weights_file_sha256"] = info["weights_file_sha256"]
+    int8 = args.precision == "int8"
+    if int8 and (args.part != "tile" or args.ops != "standard"):
+        raise InputValidationError("--precision int8 quantizes the whole tile network with standard ops (--part tile "
+                                   "--ops standard)")
+    target = out.with_name(f".{out.stem}.fp32.partial.onnx") if int8 else out
     try:
-        return export_onnx(
-            model, out, tile=tile, tile_min=tile_min, tile_max=tile_max, batch_range=(args.min_batch, args.batch),
-            precision=args.precision, ops=args.ops, part=args.part, opset=args.opset, raft_iters=args.raft_iters,
-            preset=info["preset"], seed=args.seed, extra_metadata=extra,
+        result = export_onnx(
+            model, target, tile=tile, tile_min=tile_min, tile_max=tile_max, batch_range=(args.min_batch, args.batch),
+            precision="fp32" if int8 else args.precision, ops=args.ops, part=args.part, opset=args.opset,
+            raft_iters=args.raft_iters, preset=info["preset"], seed=args.seed, extra_metadata=extra,
         )
+        if int8:
+            result = _quantize(result, out, tile, args.calibration_scenes, model.config.bands)
+        return result
     except ValueError as exc:
         if isinstance(exc, InputValidationError) or not _raised_by(exc, ("export_onnx", "export_module")):
             raise
         raise InputValidationError(str(exc)) from None  # export_onnx's own argument checks (tile sizes, bounds)
+    finally:
+        if int8:
+            target.unlink(missing_ok=True)
+
+
+def _quantize(result: Any, out: Path, tile: tuple[int, int], scenes: int, bands: int) -> Any:
+    """The checked fp32 export at ``result.path`` quantized into ``out``; ``result`` then describes the INT8 file,
+    its ``int8`` entry the deviation from the fp32 graph on a scene that was not calibrated on."""
+    import dataclasses
+    import time
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from sschsr_deploy.engine.quantize import calibration_feeds, quantize_int8
+
+    t0 = time.perf_counter()
+    names = [i.name for i in onnx.load(result.path, load_external_data=False).graph.input]
+    quantize_int8(result.path, out, calibration_feeds(names, bands, tile, count=scenes))
+    feed = calibration_feeds(names, bands, tile, count=1, seed=50_000)[0]  # not a calibration scene
+    ref = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    base = feed[names[0]]
+    meta = {p.key: p.value for p in onnx.load(out, load_external_data=False).metadata_props}
+    return dataclasses.replace(result, path=out, metadata=meta,
+                               export_seconds=result.export_seconds + time.perf_counter() - t0, int8={
+        "calibration_scenes": scenes,
+        "rel_l2_vs_fp32": float(np.linalg.norm(got - ref) / np.linalg.norm(ref)),
+        "rel_l2_residual_vs_fp32": float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref - base), 1e-12)),
+        "note": "fp32 parity above is of the graph before quantization; the quality cost is not yet measured",
+    })
 
 
 def _raised_by(exc: BaseException, functions: tuple[str, ...]) -> bool:

@@ -13,10 +13,8 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from sschsr_deploy.engine.quantize import (  # noqa: E402
     CalibrationError,
-    calibration_feeds,
     check_calibration,
     nodes_in_stages,
-    quantize_int8,
 )
 
 NAMES = ["a", "b"]
@@ -75,23 +73,31 @@ def test_stage_selection_follows_the_module_scopes():
     assert nodes_in_stages(model, ("decoder",), ("Conv", "Relu")) == ["c1", "r4"]
 
 
-def test_quantized_tiny_network_runs_close_to_fp32(tmp_path):
-    from sschsr_deploy.engine.onnx import export_onnx
-    from sschsr_deploy.weights import load_model
+def test_int8_export_then_infer_end_to_end(tmp_path, capsys):
+    """``export --precision int8`` → an ONNX file that ``infer --engine`` runs, its sidecar saying int8."""
+    import json
 
-    model, _ = load_model("tiny-x4")
-    fp32 = tmp_path / "tiny.onnx"
-    export_onnx(model, fp32, tile=(128, 128), batch_range=(1, 1))
-    names = [i.name for i in onnx.load(fp32, load_external_data=False).graph.input]
-    int8 = quantize_int8(fp32, tmp_path / "tiny_int8.onnx", calibration_feeds(names, 31, (128, 128), count=4))
-    q = onnx.load(int8)
-    meta = {p.key: p.value for p in q.metadata_props}
-    assert meta["precision"] == "int8" and meta["int8_stages"] == "decoder,hsi_encoder"
-    assert int(meta["int8_nodes"]) > 20 and meta["bands"] == "31"  # the fp32 graph's metadata is kept
+    from sschsr_deploy.cli import main
+
+    out = tmp_path / "tiny_int8.onnx"
+    assert main(["export", "--weights", "tiny-x4", "--tile", "128", "--precision", "int8", "--calibration-scenes", "4",
+                 "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metadata"]["precision"] == "int8" and report["metadata"]["int8_stages"] == "decoder,hsi_encoder"
+    assert 1e-5 < report["int8"]["rel_l2_vs_fp32"] < 0.05  # INT8 moves the output, not far (measured ~1.3 %)
+    q = onnx.load(out)
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 20
-    assert not list(tmp_path.glob(".*partial"))
-    feed = calibration_feeds(names, 31, (128, 128), count=1, seed=5000)[0]  # not a calibration scene
-    ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    out = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-    assert 1e-5 < rel < 0.05, rel  # INT8 moves the output, but not far (measured ~1.5 %)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_int8.onnx"]  # the fp32 intermediate removed
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "lr.npy", rng.random((32, 32, 31), dtype=np.float32))
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "ref.png"), (rng.random((128, 128, 3)) * 255).astype(np.uint8))
+    assert main(["infer", "--hsi", str(tmp_path / "lr.npy"), "--ref", str(tmp_path / "ref.png"), "--engine", str(out),
+                 "--out", str(tmp_path / "hr.npy"), "--quiet"]) == 0
+    side = json.loads((tmp_path / "hr.npy.json").read_text())
+    assert side["model"]["precision"] == "int8" and np.isfinite(np.load(tmp_path / "hr.npy")).all()
+    for bad in (["--ops", "custom"], ["--calibration-scenes", "2"]):
+        assert main(["export", "--weights", "tiny-x4", "--tile", "128", "--precision", "int8", *bad,
+                     "--out", str(tmp_path / "bad.onnx")]) == 2
+    assert not (tmp_path / "bad.onnx").exists()

@@ -422,13 +422,17 @@ class ExportResult:
     parity: ParityReport | None
     op_counts: dict[str, int] = field(default_factory=dict)
     extra_parity: ParityReport | None = None  # the second tile size of a dynamic-tile export
+    int8: dict | None = None  # an INT8 export: calibration and the deviation from the fp32 graph
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "path": str(self.path), "metadata": self.metadata, "export_seconds": round(self.export_seconds, 2),
             "parity": None if self.parity is None else self.parity.as_dict(), "op_counts": self.op_counts,
             "extra_parity": None if self.extra_parity is None else self.extra_parity.as_dict(),
         }
+        if self.int8 is not None:
+            out["int8"] = self.int8
+        return out
 
 
 def _atomic_save(model, path: Path) -> None:
