@@ -75,6 +75,14 @@ def scenes(tmp_path_factory):
     return root
 
 
+def _kill_the_other_worker(pids, row) -> int:
+    """SIGKILL the actor that did not return ``row`` (two actors); returns its pid."""
+    other = [p for p in pids if row["worker"] != f"{socket.gethostname()}:{p}"]
+    assert len(other) == 1
+    os.kill(other[0], signal.SIGKILL)
+    return other[0]
+
+
 def _check_outputs(out: Path, scenes: Path, names=SIZES) -> None:
     for name in names:
         assert is_complete(out / f"{name}.npy"), name
@@ -92,10 +100,7 @@ def test_scenes_with_a_worker_killed_mid_run(cluster, scenes, tmp_path):
     def on_result(i, row):
         if not killed:  # the first scene back is a (1 window); the other actor is inside the 9-window scene b
             assert jobs[i].out.name == "a.npy"
-            other = [p for p in pids if row["worker"] != f"{socket.gethostname()}:{p}"]
-            assert len(other) == 1
-            os.kill(other[0], signal.SIGKILL)
-            killed.append(other[0])
+            killed.append(_kill_the_other_worker(pids, row))
 
     summary = run_scenes_ray(cluster, jobs, summary_path=tmp_path / "summary.json", progress=False,
                              on_result=on_result)
@@ -198,10 +203,7 @@ def test_scenes_driver_outputs_resume_and_a_worker_killed(cluster, scenes, tmp_p
         seen.append(jobs[i].out.name)
         if not killed:  # the first scene back is d (1 window); the other actor is inside the 9-window scene b
             assert jobs[i].out.name == "d.npy"
-            other = [p for p in pids if row["worker"] != f"{socket.gethostname()}:{p}"]
-            assert len(other) == 1
-            os.kill(other[0], signal.SIGKILL)
-            killed.append(other[0])
+            killed.append(_kill_the_other_worker(pids, row))
 
     summary = run_scenes_ray(cluster, jobs, outputs="driver", progress=False, on_result=on_result)
     rows = {Path(r["out"]).name: r for r in summary.scenes}

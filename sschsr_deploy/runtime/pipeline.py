@@ -344,7 +344,10 @@ class Pipeline:
         if band_mapping not in ("auto", "nearest", "gaussian", "none"):
             raise InputValidationError(
                 f"band_mapping must be auto, nearest, gaussian or none; got {band_mapping!r}")
-        if band_mapping == "none" or isinstance(cube, BandMappedCube):
+        if isinstance(cube, BandMappedCube):  # already mapped (e.g. by _plan_run): keep its mapping on record
+            self.last_band_mapping = cube.mapping
+            return cube
+        if band_mapping == "none":
             return cube
         meta = getattr(cube, "metadata", None)
         source_nm = meta.wavelengths_nm if meta is not None else None
@@ -610,14 +613,11 @@ class Pipeline:
         clean_stale_temps(out_path.parent)
         with read_hsi(hsi_path, variable=variable, layout=hsi_layout, bands=self.backend.bands) as cube:
             layout = output_layout(cube.layout, out_format, out_layout)
-            run_scale = self.resolve_scale(scale)
-            run_nodata = check_nodata(cube.metadata.nodata if nodata is None else nodata)
-            self._check_bands(self.map_bands(cube, band_mapping))  # before the space check and the reference
-            out_meta = self.output_metadata(cube, run_scale, run_nodata)
+            run_scale, run_nodata, mapped, out_meta = self._plan_run(cube, scale, nodata, band_mapping)
             check_output_space(out_path, (cube.shape[0] * run_scale, cube.shape[1] * run_scale, self.backend.bands),
                                np.float32, format=out_format, layout=layout, metadata=out_meta)
             ref = read_rgb(ref_path)
-            scene = self.prepare(cube, ref, scale, nodata=run_nodata, band_mapping=band_mapping)
+            scene = self.prepare(mapped, ref, run_scale, nodata=run_nodata, band_mapping=band_mapping)
             t1 = time.perf_counter()
             fault_point("before-output")
             shape = (scene.height, scene.width, self.backend.bands)
@@ -638,6 +638,16 @@ class Pipeline:
                     if writer.committed:
                         self.last_output = out_path
         return out_path
+
+    def _plan_run(self, cube: HSICube, scale: int | None, nodata: float | str | None,
+                  band_mapping: str) -> tuple[int, float | None, Any, CubeMetadata]:
+        """What a file run decides before any heavy work, once: the scale, the nodata value (the file's own unless
+        given), the cube as the model's bands (:meth:`map_bands`, band count checked) and the output's metadata."""
+        run_scale = self.resolve_scale(scale)
+        run_nodata = check_nodata(cube.metadata.nodata if nodata is None else nodata)
+        mapped = self.map_bands(cube, band_mapping, run_nodata)
+        self._check_bands(mapped)
+        return run_scale, run_nodata, mapped, self.output_metadata(cube, run_scale, run_nodata)
 
     def run_record(self, scene: PreparedScene) -> dict[str, Any]:
         """What an output's sidecar records about the run of ``scene`` (after :meth:`execute`): scale, pseudo-RGB
@@ -667,11 +677,8 @@ class Pipeline:
         what ``run_files`` would have (used where the inputs are read and the output written elsewhere, e.g. a Ray
         driver)."""
         t0 = time.perf_counter()
-        run_scale = self.resolve_scale(scale)
-        run_nodata = check_nodata(cube.metadata.nodata if nodata is None else nodata)
-        self._check_bands(self.map_bands(cube, band_mapping))
-        out_meta = self.output_metadata(cube, run_scale, run_nodata)
-        scene = self.prepare(cube, ref_rgb, scale, nodata=run_nodata, band_mapping=band_mapping)
+        run_scale, run_nodata, mapped, out_meta = self._plan_run(cube, scale, nodata, band_mapping)
+        scene = self.prepare(mapped, ref_rgb, run_scale, nodata=run_nodata, band_mapping=band_mapping)
         t1 = time.perf_counter()
         hr = np.empty((scene.height, scene.width, self.backend.bands), dtype=np.float32)
 
