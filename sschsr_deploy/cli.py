@@ -215,6 +215,13 @@ def _build_parser() -> _Parser:
     p.add_argument("--backend", default=None, choices=("torch", "onnxruntime", "tensorrt"),
                    help="inference backend (default: torch; with --engine, from its suffix)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (torch backend)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default=None,
+                   help="torch backend: fp32 (default), bf16 or fp16 autocast (float32 islands where 16 bits lose "
+                        "what matters); with --engine: the precision the model must have been exported in (default: "
+                        "its own; int8 = a QDQ export from sschsr-deploy export --precision int8). The output's "
+                        "sidecar records it")
+    p.add_argument("--channels-last", action="store_true",
+                   help="torch backend: channels-last memory format (faster depthwise convolutions on a CPU)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture CUDA graphs per input shape and replay them (tensorrt backend; unverified)")
     p.add_argument("--bn-mode", choices=("running", "batch"),
@@ -361,7 +368,7 @@ def _model_choice(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     backend = args.backend
     common = dict(
         device=args.device, tile=tile, overlap=args.overlap, margin=args.margin, batch=args.batch, quiet=args.quiet,
-        rgb_bands=args.rgb_bands, output_scale=args.output_scale,
+        rgb_bands=args.rgb_bands, output_scale=args.output_scale, precision=args.precision,
     )
     if args.engine is not None:
         engine = Path(args.engine)
@@ -380,8 +387,9 @@ def _model_choice(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             )
         if not engine.exists():
             raise InputValidationError(f"--engine: file not found: {engine}")
-        if args.compile:
-            raise InputValidationError("--compile applies to the torch backend only")
+        if args.compile or args.channels_last:
+            raise InputValidationError(f"{'--compile' if args.compile else '--channels-last'} applies to the torch "
+                                       "backend only (an exported model's precision and layout are chosen at export)")
         if args.cuda_graph and backend != "tensorrt":
             raise InputValidationError("--cuda-graph applies to the tensorrt backend only")
         return common, backend
@@ -417,7 +425,8 @@ def _make_pipeline(args: argparse.Namespace):
         options = {"cuda_graph": True} if args.cuda_graph else {}
         return Pipeline(Path(args.engine), backend=backend, backend_options=options, **common)
     model, info = _load_infer_model(args)
-    return Pipeline(model, backend=backend, compile=args.compile, model_info=info, **common)
+    return Pipeline(model, backend=backend, compile=args.compile, channels_last=args.channels_last, model_info=info,
+                    **common)
 
 
 def _model_spec(args: argparse.Namespace, common: dict[str, Any], backend: str):
@@ -440,7 +449,8 @@ def _model_spec(args: argparse.Namespace, common: dict[str, Any], backend: str):
     else:  # --preset tiny (checked by _model_choice): the shipped weights
         source = shipped_name("tiny", args.scale)
         load.pop("scale", None)
-    return ModelSpec(source, weights=weights, load=load, pipeline={**pipeline, "compile": args.compile})
+    return ModelSpec(source, weights=weights, load=load, pipeline={**pipeline, "compile": args.compile,
+                                                                  "channels_last": args.channels_last})
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:

@@ -93,10 +93,15 @@ def test_int8_export_then_infer_end_to_end(tmp_path, capsys):
     import cv2
 
     cv2.imwrite(str(tmp_path / "ref.png"), (rng.random((128, 128, 3)) * 255).astype(np.uint8))
-    assert main(["infer", "--hsi", str(tmp_path / "lr.npy"), "--ref", str(tmp_path / "ref.png"), "--engine", str(out),
-                 "--out", str(tmp_path / "hr.npy"), "--quiet"]) == 0
+    infer = ["infer", "--hsi", str(tmp_path / "lr.npy"), "--ref", str(tmp_path / "ref.png"), "--engine", str(out),
+             "--quiet"]
+    assert main([*infer, "--out", str(tmp_path / "hr.npy"), "--precision", "int8"]) == 0
     side = json.loads((tmp_path / "hr.npy.json").read_text())
-    assert side["model"]["precision"] == "int8" and np.isfinite(np.load(tmp_path / "hr.npy")).all()
+    assert side["model"]["precision"] == "int8" and side["precision"] == "int8"
+    assert np.isfinite(np.load(tmp_path / "hr.npy")).all()
+    capsys.readouterr()
+    assert main([*infer, "--out", str(tmp_path / "hr32.npy"), "--precision", "fp32"]) == 2  # not what was exported
+    assert "runs int8" in capsys.readouterr().err and not (tmp_path / "hr32.npy").exists()
     for bad in (["--ops", "custom"], ["--calibration-scenes", "2"]):
         assert main(["export", "--weights", "tiny-x4", "--tile", "128", "--precision", "int8", *bad,
                      "--out", str(tmp_path / "bad.onnx")]) == 2

@@ -23,7 +23,8 @@ __all__ = ["LOAD_OPTIONS", "PIPELINE_OPTIONS", "ModelSpec"]
 #: Keyword arguments of :func:`sschsr_deploy.weights.load_model` a spec may carry (torch backend only).
 LOAD_OPTIONS = ("scale", "bands", "rgb_bands", "batchnorm_mode", "random_weights", "seed")
 #: Keyword arguments of :class:`~sschsr_deploy.runtime.Pipeline` a spec may carry (``quiet`` is forced on workers).
-PIPELINE_OPTIONS = ("device", "tile", "overlap", "margin", "batch", "compile", "half", "rgb_bands", "normalize",
+PIPELINE_OPTIONS = ("device", "tile", "overlap", "margin", "batch", "compile", "half", "precision", "channels_last",
+                    "rgb_bands", "normalize",
                     "output_scale", "memory_budget", "depth", "backend_options", "model_wavelengths")
 
 

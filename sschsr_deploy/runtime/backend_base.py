@@ -45,6 +45,8 @@ class Backend(ABC):
     max_batch: int | None = None
     #: The HR / LR scale the model was trained for (the pipeline refuses another); ``None`` = not recorded.
     scale: int | None = None
+    #: What the network computes in: fp32 | bf16 | fp16 (autocast, or an fp16 export) | int8 (a QDQ export).
+    precision: str = "fp32"
 
     @property
     def config(self) -> Any:
@@ -85,6 +87,12 @@ class ExportedModelBackend(Backend):
     @property
     def config(self) -> Any:
         return self._config
+
+    @property
+    def precision(self) -> str:  # type: ignore[override]
+        """The precision the graph was exported in (its metadata; graphs from before the key: fp32)."""
+        meta = getattr(self, "metadata", None) or (getattr(self, "sidecar", None) or {}).get("onnx") or {}
+        return str(meta.get("precision") or "fp32")
 
     @abstractmethod
     def _run_batch(self, inputs: tuple[Tensor, ...]) -> Tensor:

@@ -29,7 +29,7 @@ from torch import nn
 from sschsr_deploy.checkpoint import state_dict_sha256
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.runtime.backend_base import Backend, ExportedModelBackend, ExportSpec, resolve_device
-from sschsr_deploy.runtime.torch_backend import TorchBackend
+from sschsr_deploy.runtime.torch_backend import PRECISIONS, TorchBackend, normalize_precision
 
 __all__ = [
     "BACKENDS",
@@ -37,7 +37,9 @@ __all__ = [
     "Backend",
     "ExportSpec",
     "ExportedModelBackend",
+    "PRECISIONS",
     "TorchBackend",
+    "check_precision",
     "backend_for_path",
     "create_backend",
     "resolve_device",
@@ -83,6 +85,17 @@ def create_backend(name: str, model_or_engine: Any, device: str | torch.device =
             f"the torch backend needs an SSCHSR nn.Module; got {type(model_or_engine).__name__}{hint}"
         )
     return TorchBackend(model_or_engine, device, **options)
+
+
+def check_precision(backend: Backend, precision: str) -> None:
+    """Refuse a backend whose precision is not the one asked for (an fp32 export run as ``--precision int8`` would
+    silently be fp32): the user re-exports, or leaves the precision to the exported model."""
+    want = normalize_precision(precision)
+    if backend.precision != want:
+        hint = ("re-export it: sschsr-deploy export --precision " + want) if backend.name != "torch" else \
+            "the torch backend runs fp32 / bf16 / fp16"
+        raise InputValidationError(f"precision {want} was asked, but the {backend.name} backend runs "
+                                   f"{backend.precision} ({hint})")
 
 
 def backend_for_path(path: str | os.PathLike) -> str:

@@ -45,7 +45,7 @@ from sschsr_deploy.errors import InputValidationError, NonFiniteOutputError
 from sschsr_deploy.io.hsi import HSICube, HSIWriter, as_cube, format_from_path, read_hsi
 from sschsr_deploy.io.metadata import CubeMetadata
 from sschsr_deploy.io.rgb import read_rgb
-from sschsr_deploy.runtime.backends import Backend, create_backend
+from sschsr_deploy.runtime.backends import Backend, check_precision, create_backend
 from sschsr_deploy.runtime.blender import StreamingBlender
 from sschsr_deploy.runtime.planner import (
     DEFAULT_MARGIN,
@@ -169,7 +169,11 @@ class Pipeline:
             maximum batch).
         quiet: no progress bar.
         compile: ``torch.compile`` the model (torch backend only).
-        half: autocast float16 (``True`` / ``"fp16"``) or bfloat16 (``"bf16"``), torch backend only; for GPUs.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the torch backend (autocast with float32 islands; default
+            fp32); for an exported model, the precision it must have been exported in (``"int8"`` for a QDQ graph;
+            default: whatever it was exported in) — a mismatch is refused rather than silently run.
+        half: the older spelling of ``precision`` for the torch backend (``True`` = fp16, ``"bf16"``).
+        channels_last: torch backend: channels-last memory format (``"auto"``: where measured faster).
         rgb_bands: pseudo-RGB band triple (default: the model config's, (15, 8, 3) for 31 bands).
         normalize: min-max normalise the LR cube (see :func:`sschsr_deploy.scene.prepare_inputs`).
         output_scale: ``"input"`` maps the output back to the LR cube's value range (undoing the normalisation);
@@ -198,6 +202,8 @@ class Pipeline:
         *,
         compile: bool = False,
         half: bool | str = False,
+        precision: str | None = None,
+        channels_last: bool | str = False,
         rgb_bands: Sequence[int] | None = None,
         normalize: bool = True,
         output_scale: str = "input",
@@ -212,12 +218,17 @@ class Pipeline:
             if str(backend).lower() == "torch":
                 options.setdefault("compile", compile)
                 options.setdefault("half", half)
-            elif compile or half:
+                options.setdefault("precision", precision)
+                options.setdefault("channels_last", channels_last)
+            elif compile or half or channels_last:
+                flag = "compile" if compile else "half" if half else "channels_last"
                 raise InputValidationError(
-                    f"{'compile' if compile else 'half'}=True applies to the torch backend only (backend={backend!r}; "
-                    "an exported model's precision is chosen at export)"
+                    f"{flag}=True applies to the torch backend only (backend={backend!r}; "
+                    "an exported model's precision and layout are chosen at export)"
                 )
         self.backend = create_backend(backend, model_or_engine, device, **options)
+        if precision is not None:
+            check_precision(self.backend, precision)
         if isinstance(tile, str) and tile not in ("auto", "default"):
             try:
                 tile = int(tile)
@@ -711,6 +722,7 @@ class Pipeline:
         plan = self.last_plan.describe() if self.last_plan is not None else None
         return {
             "model": self.model_info(),
+            "precision": self.backend.precision,
             "backend": self.backend.describe(),
             "tiling": {
                 "tile": self.tile, "overlap": self.overlap, "margin": self.margin,

@@ -18,27 +18,36 @@ class TorchBackend(Backend):
     """Eager PyTorch (``torch.inference_mode``), optionally through ``torch.compile``.
 
     The model is put in ``eval()`` mode and moved to ``device``. ``compile=True`` wraps it in ``torch.compile``
-    (dynamic=False: the pipeline feeds one window shape, plus possibly a smaller last batch). ``channels_last`` and
-    reduced precision are left to later work.
+    (dynamic=False: the pipeline feeds one window shape, plus possibly a smaller last batch).
 
     ``check_inputs=False`` (default) skips the model's own input validation during :meth:`run`: the pipeline has
     already validated sizes and finiteness, and the model's ``isfinite(...).all()`` checks would force a host-device
     synchronisation per batch, defeating the stream overlap on a GPU. The model's setting is restored after each call.
 
-    ``half``: run under autocast, ``True`` / ``"fp16"`` for float16, ``"bf16"`` for bfloat16 (the norms, Gram
-    matrices, softmax and matching stay float32: the ops' float32 islands); the output is float32. Meant for GPUs
-    (tensor cores); CPU autocast works too but is rarely faster. Unverified on a GPU.
+    ``precision``: ``"fp32"`` (default), or ``"bf16"`` / ``"fp16"`` to run under autocast (the norms, Gram
+    matrices, softmax, matching and deformable sampling stay float32: the float32 islands of
+    :mod:`sschsr_deploy.precision`); the output is float32. ``"int8"`` is refused: INT8 runs an exported QDQ graph
+    (``sschsr-deploy export --precision int8``). ``half`` is the older spelling (``True`` = fp16, ``"bf16"``).
+    Autocast on a GPU is unverified (no GPU has run it).
+
+    ``channels_last``: weights and inputs in the channels-last memory format (oneDNN's fast layout for the depthwise
+    convolutions on a CPU); ``"auto"`` turns it on where ``benchmarks/bench_vs_official.py`` measured it faster
+    (CPU with bf16). Outputs equal the NCHW run's to float rounding.
     """
 
     name = "torch"
 
     def __init__(
         self, model: nn.Module, device: str | torch.device = "cpu", compile: bool = False, check_inputs: bool = False,
-        half: bool | str = False,
+        half: bool | str = False, precision: str | None = None, channels_last: bool | str = False,
     ) -> None:
         self.device = resolve_device(device)
-        self.autocast_dtype = _autocast_dtype(half)
+        self.precision = resolve_precision(precision, half)
+        self.autocast_dtype = AUTOCAST_DTYPES[self.precision]
+        self.channels_last = _channels_last(channels_last, self.device, self.precision)
         self.model = model.eval().to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.bands = int(model.config.bands)
         self.scale = int(model.config.scale)
         self.batch_independent = getattr(model, "batchnorm_mode", "running") != "batch"
@@ -49,6 +58,8 @@ class TorchBackend(Backend):
     def run(self, *inputs: Tensor) -> Tensor:
         previous = getattr(self.model, "validate_inputs", True)
         self.model.validate_inputs = self.check_inputs
+        if self.channels_last:
+            inputs = tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
         try:
             if self.autocast_dtype is None:
                 with torch.inference_mode():
@@ -64,7 +75,9 @@ class TorchBackend(Backend):
             "backend": self.name,
             "device": str(self.device),
             "compiled": self.compiled,
+            "precision": self.precision,
             "autocast": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else None,
+            "channels_last": self.channels_last,
             "batchnorm_mode": getattr(self.model, "batchnorm_mode", None),
             "bands": cfg.bands,
         }
@@ -82,13 +95,44 @@ class TorchBackend(Backend):
         return {"preset": preset, "scale": int(cfg.scale), "weights_sha256": state_dict_sha256(self.model)}
 
 
-def _autocast_dtype(half: bool | str) -> torch.dtype | None:
-    if half is False or half is None:
-        return None
-    table = {True: torch.float16, "fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16}
-    if half not in table:
-        raise InputValidationError(f"half must be True, 'fp16' or 'bf16'; got {half!r}")
-    return table[half]
+#: the precisions the torch backend runs, and their autocast dtype
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: every precision the package knows (int8: an exported QDQ graph on ONNX Runtime / TensorRT)
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 
 
+def normalize_precision(precision: str) -> str:
+    """``precision`` spelled the package's way (``"bfloat16"`` → ``"bf16"``); unknown names raise."""
+    name = _ALIASES.get(str(precision).lower(), str(precision).lower())
+    if name not in PRECISIONS:
+        raise InputValidationError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return name
+
+
+def resolve_precision(precision: str | None, half: bool | str = False) -> str:
+    """The torch backend's precision from ``precision`` or the older ``half`` (both given: they must agree)."""
+    legacy = None
+    if half is not False and half is not None:
+        if half is True:
+            legacy = "fp16"
+        elif isinstance(half, str) and _ALIASES.get(half.lower(), half.lower()) in ("fp16", "bf16"):
+            legacy = _ALIASES.get(half.lower(), half.lower())
+        else:
+            raise InputValidationError(f"half must be True, 'fp16' or 'bf16'; got {half!r}")
+    name = None if precision is None else normalize_precision(precision)
+    if name is not None and legacy is not None and name != legacy:
+        raise InputValidationError(f"precision={precision!r} contradicts half={half!r}")
+    name = name or legacy or "fp32"
+    if name == "int8":
+        raise InputValidationError("int8 runs an exported, calibrated QDQ graph, not the torch backend: "
+                                   "sschsr-deploy export --precision int8, then run the .onnx")
+    return name
+
+
+def _channels_last(value: bool | str, device: torch.device, precision: str) -> bool:
+    if value == "auto":
+        return device.type == "cpu" and precision == "bf16"
+    if not isinstance(value, bool):
+        raise InputValidationError(f"channels_last must be True, False or 'auto'; got {value!r}")
+    return value
