@@ -215,3 +215,40 @@ def test_empty_batch():
     assert out.shape == q.shape
     gram, q_sq, _ = torch.ops.sschsr.gram_and_norms(q, q, 2)
     assert gram.shape == (0, 2, 4, 4) and q_sq.shape == (0, 8)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_channels_last_formulation_matches_reference(shape, dtype):
+    """The matrix-product formulation for channels-last tensors (the CPU path of a channels-last model), on channel
+    slices of a channels-last qkv tensor as the model hands them over: same function, channels-last result."""
+    from sschsr_deploy.ops.spectral_attention import is_channels_last, spectral_attention_channels_last
+
+    b, c, h, w, heads = shape
+    q, k, v, tau = make_inputs(b, c, h, w, heads, dtype, seed=11 + c + h)
+    qkv = torch.cat([q, k, v], dim=1).contiguous(memory_format=torch.channels_last)
+    qs, ks, vs = qkv.chunk(3, dim=1)
+    if h * w > 1:  # (one pixel: every layout is both)
+        assert all(is_channels_last(t) for t in (qs, ks, vs)) and not qs.is_contiguous()
+    out = spectral_attention_channels_last(qs, ks, vs, tau, heads)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, reference64(q, k, v, tau, heads)) <= TOL[dtype]
+    if h * w > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_model_entry_point_takes_the_channels_last_path():
+    """``spectral_attention`` (the model's entry) on channels-last inputs: the formulation without layout copies,
+    equal to the native kernel on the NCHW copies; NCHW inputs keep the native kernel."""
+    from sschsr_deploy.ops import spectral_attention
+
+    q, k, v, tau = make_inputs(2, 24, 9, 13, 3, torch.float32, seed=5)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (q, k, v)]
+    got = spectral_attention(*cl, tau, 3)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    want = torch.ops.sschsr.spectral_attention(q, k, v, tau, 3)
+    assert rel_err(got, want) <= 1e-5
+    assert spectral_attention(q, k, v, tau, 3).is_contiguous()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the float32 island: low-precision channels-last inputs
+        low = spectral_attention(*(t.bfloat16() for t in cl), tau, 3)
+    assert low.dtype == torch.float32 and rel_err(low, want) <= TOL[torch.bfloat16]

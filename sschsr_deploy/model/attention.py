@@ -27,13 +27,20 @@ class _LayerNormBody(nn.Module):
 
 @float32_module
 class ChannelLayerNorm(nn.Module):
-    """Per-pixel LayerNorm over the channels of an NCHW tensor, biased variance, eps 1e-5 ("WithBias" type)."""
+    """Per-pixel LayerNorm over the channels of an NCHW tensor, biased variance, eps 1e-5 ("WithBias" type).
+
+    A tensor stored channels-last (N, H, W, C in memory) is normalised by one fused ``layer_norm`` over its last
+    memory dimension (a view, no copy); others by the elementwise formulation (what the ONNX export traces)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.body = _LayerNormBody(dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and x.shape[1] > 1 and not x.is_contiguous() \
+                and x.is_contiguous(memory_format=torch.channels_last):
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.body.weight, self.body.bias, LN_EPS)
+            return y.permute(0, 3, 1, 2)
         mu = x.mean(dim=1, keepdim=True)
         var = (x - mu).pow(2).mean(dim=1, keepdim=True)
         w = self.body.weight.view(1, -1, 1, 1)
