@@ -87,6 +87,21 @@ def test_int8_export_then_infer_end_to_end(tmp_path, capsys):
     assert 1e-5 < report["int8"]["rel_l2_vs_fp32"] < 0.05  # INT8 moves the output, not far (measured ~1.3 %)
     q = onnx.load(out)
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) > 20
+    meta = {p.key: p.value for p in q.metadata_props}
+    assert float(meta["int8_rel_l2_vs_fp32"]) == pytest.approx(report["int8"]["rel_l2_vs_fp32"], rel=1e-5)
+    # TensorRT's explicit quantization input: every node of the prepared QDQ graph is in the parser's support matrix
+    from sschsr_deploy.engine.graph import prepare_for_tensorrt
+    from sschsr_deploy.engine.tensorrt import int8_tolerance
+    from sschsr_deploy.engine.trt_support import check_tensorrt_support
+
+    support = check_tensorrt_support(prepare_for_tensorrt(q))  # the ONNX Runtime flavour: u8 with zero points
+    assert not support.ok and any("zero point" in p for p in support.type_problems)
+    from sschsr_deploy.engine.tensorrt import EngineBuildError, build_engine
+
+    with pytest.raises(EngineBuildError, match="--int8-target tensorrt"):
+        build_engine(out, tmp_path / "x.engine")
+    assert int8_tolerance(meta) == max(0.02, 2 * max(float(meta["int8_rel_l2_vs_fp32"]),
+                                                     float(meta["int8_rel_l2_residual_vs_fp32"])))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_int8.onnx"]  # the fp32 intermediate removed
     rng = np.random.default_rng(0)
     np.save(tmp_path / "lr.npy", rng.random((32, 32, 31), dtype=np.float32))
@@ -102,7 +117,24 @@ def test_int8_export_then_infer_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main([*infer, "--out", str(tmp_path / "hr32.npy"), "--precision", "fp32"]) == 2  # not what was exported
     assert "runs int8" in capsys.readouterr().err and not (tmp_path / "hr32.npy").exists()
+    trt_out = tmp_path / "tiny_int8_trt.onnx"  # TensorRT's explicit-quantization flavour: symmetric s8, float bias
+    assert main(["export", "--weights", "tiny-x4", "--tile", "128", "--precision", "int8", "--int8-target",
+                 "tensorrt", "--calibration-scenes", "4", "--out", str(trt_out)]) == 0
+    trt_report = json.loads(capsys.readouterr().out)
+    assert trt_report["metadata"]["int8_target"] == "tensorrt" and trt_report["int8"]["rel_l2_vs_fp32"] < 0.05
+    support = check_tensorrt_support(prepare_for_tensorrt(onnx.load(trt_out)))
+    assert support.ok, support.summary()
+    trt_out.unlink()
     for bad in (["--ops", "custom"], ["--calibration-scenes", "2"]):
         assert main(["export", "--weights", "tiny-x4", "--tile", "128", "--precision", "int8", *bad,
                      "--out", str(tmp_path / "bad.onnx")]) == 2
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_int8_engine_tolerance_needs_the_measured_deviation():
+    from sschsr_deploy.engine.tensorrt import EngineBuildError, int8_tolerance
+
+    assert int8_tolerance({"int8_rel_l2_vs_fp32": "0.013", "int8_rel_l2_residual_vs_fp32": "0.04"}) == pytest.approx(0.08)
+    assert int8_tolerance({"int8_rel_l2_vs_fp32": "0.001", "int8_rel_l2_residual_vs_fp32": "0.002"}) == 0.02
+    with pytest.raises(EngineBuildError, match="measured deviation"):
+        int8_tolerance({"precision": "int8"})

@@ -14,9 +14,18 @@ deployment preprocessing (:class:`~sschsr_deploy.scene.PreparedScene`). Missing 
 few samples, non-finite or constant inputs, identical samples) is refused with :class:`CalibrationError`: a
 quantization calibrated on nothing representative would silently clip real data.
 
-The QDQ graph is also TensorRT's explicit-quantization input (QuantizeLinear / DequantizeLinear pairs around the
-quantized convolutions); building an engine from it is **unverified** (no TensorRT / GPU here). Groundwork for issue
-#24: not yet wired into ``sschsr-deploy export``, and its quality cost is not yet measured.
+Two targets (``target``), one QDQ structure:
+
+- ``"onnxruntime"`` (default): uint8 activations with zero points (asymmetric), int8 per-channel weights — the
+  x86 VNNI fast path of ONNX Runtime's CPU provider;
+- ``"tensorrt"``: TensorRT's explicit-quantization input — TensorRT quantizes symmetrically only (signed int8
+  activations and weights, every zero point 0; its ONNX parser takes INT8 / FP8 / INT4 / FP4 in Q/DQ, not uint8 or
+  int32), so activations are int8 symmetric and biases stay float. Building an engine from it is **unverified** (no
+  TensorRT / GPU here); ``check_tensorrt_support`` checks it against the parser's documented support matrix.
+
+Both keep the biases float (measured on the official preset: quantized int32 biases neither sped ONNX Runtime up nor
+changed the deviation). Wired into ``sschsr-deploy export --precision int8 [--int8-target ...]``; the quality cost is
+in ``benchmarks/results/quality.json`` (docs/precision.md).
 """
 
 from __future__ import annotations
@@ -29,13 +38,15 @@ import numpy as np
 
 from ..errors import InputValidationError
 
-__all__ = ["DEFAULT_STAGES", "MIN_CALIBRATION_SAMPLES", "CalibrationError", "calibration_feeds",
+__all__ = ["DEFAULT_STAGES", "MIN_CALIBRATION_SAMPLES", "TARGETS", "CalibrationError", "calibration_feeds",
            "check_calibration", "nodes_in_stages", "quantize_int8"]
 
 #: the stages whose convolutions are quantized by default (where the CPU time goes)
 DEFAULT_STAGES = ("decoder", "hsi_encoder")
 #: fewer windows than this cannot give activation ranges worth trusting
 MIN_CALIBRATION_SAMPLES = 4
+#: what the QDQ graph is for: ONNX Runtime's CPU provider (u8 asymmetric activations) or TensorRT (symmetric s8)
+TARGETS = ("onnxruntime", "tensorrt")
 _SCOPES = "pkg.torch.onnx.name_scopes"
 
 
@@ -104,14 +115,17 @@ def nodes_in_stages(model, stages: Sequence[str] = DEFAULT_STAGES, op_types: Seq
 
 def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
                   feeds: Sequence[dict[str, np.ndarray]], *, stages: Sequence[str] = DEFAULT_STAGES,
-                  op_types: Sequence[str] = ("Conv",), per_channel: bool = True) -> Path:
+                  op_types: Sequence[str] = ("Conv",), per_channel: bool = True,
+                  target: str = "onnxruntime") -> Path:
     """Write the QDQ INT8 version of the fp32 graph at ``fp32_path`` to ``out_path`` (uint8 activations, int8
     per-channel weights: the x86 VNNI / TensorRT layout), calibrated on ``feeds`` (checked first). Only the
     ``op_types`` nodes of ``stages`` are quantized; the graph's metadata is kept, with ``precision=int8`` and what
-    was quantized. Raises :class:`CalibrationError` for bad calibration data and when no node matches."""
+    was quantized. ``target="tensorrt"``: int8 symmetric activations instead (see the module docstring). Raises :class:`CalibrationError` for bad calibration data and when no node matches."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    if target not in TARGETS:
+        raise InputValidationError(f"INT8 target must be one of {', '.join(TARGETS)}; got {target!r}")
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     model = onnx.load(fp32_path)
     input_names = [i.name for i in model.graph.input]
@@ -128,18 +142,22 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         def get_next(self):
             return next(self._it, None)
 
+    trt = target == "tensorrt"
     tmp = out_path.with_name(f".{out_path.name}.partial")
     try:
         quantize_static(
             fp32_path, tmp, _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-            op_types_to_quantize=list(op_types),
+            activation_type=QuantType.QInt8 if trt else QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes, op_types_to_quantize=list(op_types),
+            extra_options={"QuantizeBias": False, "WeightSymmetric": True, "ActivationSymmetric": trt},
         )
         quantized = onnx.load(tmp)
         meta = {p.key: p.value for p in model.metadata_props}
         meta.update(precision="int8", int8_stages=",".join(stages), int8_op_types=",".join(op_types),
                     int8_nodes=str(len(nodes)), int8_calibration_samples=str(len(feeds)),
-                    int8_format="QDQ u8 activations / s8 per-channel weights" if per_channel else "QDQ u8 / s8")
+                    int8_target=target, int8_format=(
+                        ("QDQ s8 symmetric activations" if trt else "QDQ u8 activations") +
+                        (" / s8 per-channel weights" if per_channel else " / s8 weights") + ", float bias"))
         del quantized.metadata_props[:]
         for k, v in meta.items():
             quantized.metadata_props.add(key=k, value=str(v))

@@ -220,10 +220,14 @@ def build_engine(
     from .plugins import AOT_PLUGINS, plugin_hashes, register_plugins
     from .trt_support import check_tensorrt_support
 
-    trt = require_tensorrt()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     model = onnx.load(str(onnx_path))
     meta = read_metadata(model)
+    if meta.get("precision") == "int8" and meta.get("int8_target") != "tensorrt":  # before needing TensorRT
+        raise EngineBuildError(f"{Path(onnx_path).name} is quantized for {meta.get('int8_target', 'onnxruntime')} "
+                               "(asymmetric uint8 activations); TensorRT quantizes symmetrically only: export it with "
+                               "--precision int8 --int8-target tensorrt")
+    trt = require_tensorrt()
     prepared = graph_mod.prepare_for_tensorrt(model, deform_conv)
     support = check_tensorrt_support(prepared)
     if not support.ok:
@@ -397,11 +401,30 @@ class EngineRunner:
         return outs
 
 
+#: the least tolerance of an INT8 engine's parity (relative L2 vs fp32), whatever the export measured
+INT8_MIN_TOLERANCE = 2e-2
+
+
+def int8_tolerance(meta: dict[str, Any]) -> float:
+    """Parity tolerance of an engine built from an INT8 graph: 2 × the larger of the deviations from fp32 recorded
+    in its metadata at export (``int8_rel_l2_vs_fp32``, ``int8_rel_l2_residual_vs_fp32``), at least
+    ``INT8_MIN_TOLERANCE``. A graph without them (quantized elsewhere) is refused: nothing says what is right."""
+    try:
+        measured = max(float(meta["int8_rel_l2_vs_fp32"]), float(meta["int8_rel_l2_residual_vs_fp32"]))
+    except (KeyError, TypeError, ValueError):
+        raise EngineBuildError("an INT8 graph without its measured deviation from fp32 (int8_rel_l2_vs_fp32 in its "
+                               "metadata): quantize it with sschsr-deploy export --precision int8") from None
+    return max(2.0 * measured, INT8_MIN_TOLERANCE)
+
+
 def engine_parity(engine_path: str | os.PathLike, model, *, batch: int = 1, seed: int = 1,
                   tolerance: float | None = None) -> dict[str, float]:
     """Engine output vs the float32 PyTorch model (reference ops) on a generated input; raises above tolerance.
 
-    Tolerance defaults to the export's: 1e-4 (fp32 graphs), ``FP16_TOLERANCE`` (fp16). Unverified: no TensorRT.
+    Tolerance defaults to the export's: 1e-4 (fp32 graphs), ``FP16_TOLERANCE`` (fp16), and for an INT8 (QDQ) graph
+    twice the deviation from fp32 that ONNX Runtime measured on it at export (:func:`int8_tolerance`): TensorRT's
+    INT8 kernels round differently, but an engine far beyond the simulated quantization is broken. Unverified: no
+    TensorRT.
     """
     import dataclasses
 
@@ -429,8 +452,9 @@ def engine_parity(engine_path: str | os.PathLike, model, *, batch: int = 1, seed
     rel = err / (float(np.linalg.norm(want)) or 1.0)
     # the tile output is hsi_sr + what the network adds: measure against the residual too (see onnx.ParityReport)
     residual = err / (float(np.linalg.norm(want - xs[0].numpy())) or 1.0) if part == "tile" else None
-    tol = tolerance if tolerance is not None else (FP16_TOLERANCE if meta.get("precision") == "fp16"
-                                                   else FP32_TOLERANCE)
+    tol = tolerance if tolerance is not None else (
+        int8_tolerance(meta) if meta.get("precision") == "int8" else
+        FP16_TOLERANCE if meta.get("precision") == "fp16" else FP32_TOLERANCE)
     result = {"rel_l2": rel, "rel_l2_residual": residual, "max_abs": float(np.abs(got - want).max()),
               "tolerance": tol}
     worst = rel if residual is None else max(rel, residual)

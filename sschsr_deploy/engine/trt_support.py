@@ -164,6 +164,27 @@ def check_tensorrt_support(model, plugin_ops: set[str] | None = None, infer_shap
             tname = _ELEM_TYPE_NAMES.get(t, f"type {t}")
             if tname not in allowed and not (tname == "DOUBLE"):  # DOUBLE is cast down by the parser
                 report.type_problems.append(f"{key} node {node.name or '?'}: input {tname} not in {sorted(allowed)}")
+    report.type_problems.extend(_nonzero_zero_points(model))
     report.op_counts = dict(sorted(counts.items()))
     report.plugin_ops = sorted(plugins_seen)
     return report
+
+
+def _nonzero_zero_points(model) -> list[str]:
+    """Q/DQ nodes whose zero point is not all zeros: TensorRT quantizes symmetrically only ("TRT only supports
+    symmetric quantization - zeroPt must be all zeros", its parser's assertion; NVIDIA's "Working with Quantized
+    Types"). Only zero points stored as initializers or Constant nodes are checked."""
+    from onnx import numpy_helper
+
+    consts = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = node.attribute[0].t
+    problems = []
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2]:
+            zp = consts.get(node.input[2])
+            if zp is not None and numpy_helper.to_array(zp).any():
+                problems.append(f"{node.op_type} node {node.name or '?'}: non-zero zero point (TensorRT quantizes "
+                                "symmetrically only: export --precision int8 --int8-target tensorrt)")
+    return problems
