@@ -134,7 +134,8 @@ def test_int8_export_then_infer_end_to_end(tmp_path, capsys):
 def test_int8_engine_tolerance_needs_the_measured_deviation():
     from sschsr_deploy.engine.tensorrt import EngineBuildError, int8_tolerance
 
-    assert int8_tolerance({"int8_rel_l2_vs_fp32": "0.013", "int8_rel_l2_residual_vs_fp32": "0.04"}) == pytest.approx(0.08)
+    measured = {"int8_rel_l2_vs_fp32": "0.013", "int8_rel_l2_residual_vs_fp32": "0.04"}
+    assert int8_tolerance(measured) == pytest.approx(0.08)
     assert int8_tolerance({"int8_rel_l2_vs_fp32": "0.001", "int8_rel_l2_residual_vs_fp32": "0.002"}) == 0.02
     with pytest.raises(EngineBuildError, match="measured deviation"):
         int8_tolerance({"precision": "int8"})

@@ -118,9 +118,10 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
                   op_types: Sequence[str] = ("Conv",), per_channel: bool = True,
                   target: str = "onnxruntime") -> Path:
     """Write the QDQ INT8 version of the fp32 graph at ``fp32_path`` to ``out_path`` (uint8 activations, int8
-    per-channel weights: the x86 VNNI / TensorRT layout), calibrated on ``feeds`` (checked first). Only the
-    ``op_types`` nodes of ``stages`` are quantized; the graph's metadata is kept, with ``precision=int8`` and what
-    was quantized. ``target="tensorrt"``: int8 symmetric activations instead (see the module docstring). Raises :class:`CalibrationError` for bad calibration data and when no node matches."""
+    per-channel weights: the x86 VNNI layout), calibrated on ``feeds`` (checked first). Only the ``op_types`` nodes
+    of ``stages`` are quantized; the graph's metadata is kept, with ``precision=int8`` and what was quantized.
+    ``target="tensorrt"``: int8 symmetric activations instead (see the module docstring). Raises
+    :class:`CalibrationError` for bad calibration data and when no node matches."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
