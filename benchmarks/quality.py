@@ -10,6 +10,9 @@ disjoint from training and validation) it measures PSNR, SSIM, SAM and ERGAS of
   would be worth;
 - tiled inference at the default and at smaller overlaps / tiles;
 - reduced precision: PyTorch CPU autocast (bfloat16 and float16) and ONNX Runtime fp32 / fp16 exports;
+- INT8 on ONNX Runtime (QDQ, calibrated on 8 other held-out scenes): the default (the decoder's convolutions), the
+  decoder's and the HSI encoder's, and every convolution (RAFT, warp net and VGG too) — the measurement that decided
+  which stages stay float;
 
 and for every model row the relative L2 deviation ``||out - out_whole_fp32|| / ||out_whole_fp32||``. Results go to
 ``quality.json`` in ``results/local/`` (``--publish``: ``results/``) (+ a Markdown table printed for the README).
@@ -23,6 +26,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import json
+import re
 import sys
 import tempfile
 import time
@@ -33,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_output_arguments, environment, use_output_arguments, write_json  # noqa: E402
+from common import add_output_arguments, environment, results_dir, use_output_arguments, write_json  # noqa: E402
 
 from sschsr_deploy import metrics  # noqa: E402
 from sschsr_deploy.data import make_scene  # noqa: E402
@@ -71,10 +77,14 @@ class _ModelLevel:
     def denorm(self, out_nchw: np.ndarray) -> np.ndarray:
         return out_nchw[0].transpose(1, 2, 0).astype(np.float64) * (self.hi - self.lo) + self.lo
 
-    def torch(self, autocast: torch.dtype | None = None) -> np.ndarray:
+    def torch(self, autocast: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
         ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        model, inputs = self.model, self.inputs.to_torch()
+        if channels_last:
+            model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+            inputs = tuple(t.contiguous(memory_format=torch.channels_last) for t in inputs)
         with torch.inference_mode(), ctx:
-            out = self.model(*self.inputs.to_torch())
+            out = model(*inputs)
         return self.denorm(out.float().numpy())
 
     def onnx(self, session) -> np.ndarray:
@@ -85,18 +95,54 @@ class _ModelLevel:
         return self.denorm(out.astype(np.float32))
 
 
-def _export(model, size: int, precision: str, workdir: Path):
-    from sschsr_deploy.engine.onnx import export_onnx, make_session
+#: INT8 variants measured: which stages' convolutions are quantized (the default, one fewer, and every stage)
+INT8_VARIANTS = {
+    "int8 (default: decoder convs)": ("decoder",),
+    "int8 decoder + HSI encoder convs": ("decoder", "hsi_encoder"),
+    "int8 every conv": ("decoder", "hsi_encoder", "flownet", "warpnet", "rgb_extractor"),
+}
+CALIBRATION_SCENES = 8  # held-out seeds 1000.. (calibration_feeds' default), disjoint from QUALITY_SEED..
 
-    path = workdir / f"tiny_{precision}.onnx"
+
+def _export(model, size: int, precision: str, workdir: Path, scale: int = 4):
+    """An ONNX Runtime session of the whole-image export in ``precision`` (an INT8 variant: the fp32 export
+    quantized, calibrated on held-out scenes other than the evaluated ones) and the seconds it took."""
+    from sschsr_deploy.engine.onnx import INPUT_NAMES, export_onnx, make_session
+    from sschsr_deploy.engine.quantize import calibration_feeds, quantize_int8
+
     t0 = time.perf_counter()
-    export_onnx(model, path, tile=(size, size), batch_range=(1, 1), precision=precision, preset="tiny")
+    fp32 = workdir / "tiny_fp32.onnx"
+    if precision in INT8_VARIANTS:
+        if not fp32.exists():
+            export_onnx(model, fp32, tile=(size, size), batch_range=(1, 1), precision="fp32", preset="tiny")
+        path = workdir / f"tiny_{re.sub(r'[^a-z0-9]+', '_', precision)}.onnx"
+        feeds = calibration_feeds(INPUT_NAMES, model.config.bands, (size, size), CALIBRATION_SCENES, scale=scale)
+        quantize_int8(fp32, path, feeds, stages=INT8_VARIANTS[precision])
+    else:
+        path = workdir / f"tiny_{precision}.onnx"
+        export_onnx(model, path, tile=(size, size), batch_range=(1, 1), precision=precision, preset="tiny")
     return make_session(path, providers=["CPUExecutionProvider"]), time.perf_counter() - t0
 
 
+def _precision_rows(model, scene, sessions: dict, add, gt: np.ndarray, whole: np.ndarray, notes: dict) -> None:
+    """The rows of every backend × precision on one scene (whole image, model level)."""
+    level = _ModelLevel(model, scene)
+    add("model-level fp32 (check: equals whole image)", level.torch(), gt, whole)
+    for name, dt, cl in (("PyTorch CPU autocast bfloat16", torch.bfloat16, False),
+                         ("PyTorch CPU autocast bfloat16, channels-last", torch.bfloat16, True),
+                         ("PyTorch CPU autocast float16", torch.float16, False)):
+        try:
+            add(name, level.torch(dt, channels_last=cl), gt, whole)
+        except Exception as exc:
+            notes[name] = f"not measured: {type(exc).__name__}: {exc}"
+    for precision, sess in sessions.items():
+        add(f"ONNX Runtime {precision} (CPU)", level.onnx(sess), gt, whole)
+
+
 def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int = 4,
-             core: bool = False) -> dict[str, Any]:
-    """The table's rows (mean metrics and per-scene PSNR); ``core`` stops after the default tiling."""
+             core: bool = False, precision_only: bool = False) -> dict[str, Any]:
+    """The table's rows (mean metrics and per-scene PSNR); ``core`` stops after the default tiling;
+    ``precision_only`` computes bicubic, the whole-image fp32 row and the precision rows only."""
     model, info = load_model("tiny", weights or str(shipped_weights("tiny", scale)))
     model.validate_inputs = False
     made = [make_scene(seed=QUALITY_SEED + i, size=(size, size), scale=scale, split="test") for i in range(scenes)]
@@ -112,9 +158,9 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         if onnx and not core:
-            for precision in ("fp32", "fp16"):
+            for precision in ("fp32", "fp16", *INT8_VARIANTS):
                 try:
-                    sessions[precision], secs = _export(model, size, precision, Path(tmp))
+                    sessions[precision], secs = _export(model, size, precision, Path(tmp), scale)
                     notes[f"onnxruntime {precision}"] = f"exported + checked in {secs:.0f} s, CPUExecutionProvider"
                 except Exception as exc:  # recorded, not fatal: the table says what could not be measured
                     notes[f"onnxruntime {precision}"] = f"not measured: {type(exc).__name__}: {exc}"
@@ -124,6 +170,9 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int
             add("bicubic", bic, gt, None)
             whole = _pipeline(model, info, scene, scene.ref_rgb, None, 0).astype(np.float64)
             add("model, whole image (fp32, PyTorch)", whole, gt, whole)
+            if precision_only:
+                _precision_rows(model, scene, sessions, add, gt, whole, notes)
+                continue
             other = made[(i + 1) % len(made)] if len(made) > 1 else make_scene(seed=QUALITY_SEED - 1, size=(
                 size, size), scale=scale, split="test")
             add("model, mismatched reference", _pipeline(model, info, scene, other.ref_rgb, None, 0), gt, whole)
@@ -135,16 +184,7 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int
                 add(f"tiled {tile} px, overlap {overlap}{tag}", out, gt, whole)
             if core:
                 continue
-            level = _ModelLevel(model, scene)
-            add("model-level fp32 (check: equals whole image)", level.torch(), gt, whole)
-            for name, dt in (("PyTorch CPU autocast bfloat16", torch.bfloat16),
-                             ("PyTorch CPU autocast float16", torch.float16)):
-                try:
-                    add(name, level.torch(dt), gt, whole)
-                except Exception as exc:
-                    notes[name] = f"not measured: {type(exc).__name__}: {exc}"
-            for precision, sess in sessions.items():
-                add(f"ONNX Runtime {precision} (CPU)", level.onnx(sess), gt, whole)
+            _precision_rows(model, scene, sessions, add, gt, whole, notes)
     table = {name: {k: float(np.mean([m[k] for m in ms])) for k in ms[0]} for name, ms in rows.items()}
     bicubic = np.array([m["psnr"] for m in rows["bicubic"]])
     for name, ms in rows.items():  # paired per-scene gains: the scene-to-scene spread of PSNR itself is much larger
@@ -155,6 +195,28 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int
             table[name]["psnr_gain_vs_bicubic"] = float(gain.mean())
             table[name]["psnr_gain_sem"] = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else None
     return {"model": info, "scenes": [s.describe() for s in made], "rows": table, "notes": notes}
+
+
+def merge_rows(previous: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """``fresh``'s rows (a ``--precision-only`` run) over an earlier full result's, which keeps its other rows; the
+    merged file says which rows came from which run. Refused when the earlier run evaluated other scenes."""
+    if not previous.exists():
+        return fresh
+    old = json.loads(previous.read_text())
+    if old.get("scenes") != fresh["scenes"]:
+        raise SystemExit(f"{previous} evaluated other scenes (size / count / scale): run the full table instead")
+    whole = "model, whole image (fp32, PyTorch)"
+    for key in ("bicubic", whole):  # the same computation: it must reproduce, or the merge would mix models
+        a, b = old["rows"][key]["psnr_per_scene"], fresh["rows"][key]["psnr_per_scene"]
+        if not np.allclose(a, b, atol=1e-3):
+            raise SystemExit(f"{key!r} does not reproduce the earlier run's PSNR ({a[:3]}... vs {b[:3]}...)")
+    rows = dict(old["rows"])
+    rows.update({k: v for k, v in fresh["rows"].items() if k not in ("bicubic", whole)})
+    merged = {**old, "rows": rows, "notes": {**old.get("notes", {}), **fresh["notes"]}}
+    merged["merged_runs"] = [*old.get("merged_runs", []), {"rows": sorted(set(fresh["rows"]) - {"bicubic", whole}),
+                                                          "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                    time.gmtime())}]
+    return merged
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -182,17 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--core", action="store_true",
                     help="only bicubic, whole image, mismatched / aligned photo and the default tiling")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision-only", action="store_true",
+                    help="recompute only bicubic, the whole-image fp32 row and the precision rows (PyTorch autocast, "
+                         "ONNX Runtime fp32 / fp16 / int8 variants) and merge them into the existing result file")
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     use_output_arguments(args)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = evaluate(args.weights, args.size, args.scenes, not args.no_onnx, args.scale, args.core)
+    name = "quality" if args.scale == 4 else f"quality_x{args.scale}"
+    result = evaluate(args.weights, args.size, args.scenes, not args.no_onnx, args.scale, args.core,
+                      args.precision_only)
+    if args.precision_only:
+        result = merge_rows(results_dir() / f"{name}.json", result)
     result.update({"environment": environment("cpu"), "size": args.size, "scale": args.scale,
                    "seconds": round(time.perf_counter() - t0, 1),
                    "units": {"psnr": "dB, mean over bands, data range 1", "ssim": "mean over bands",
                              "sam_deg": "degrees, mean over pixels", "ergas": "dimensionless"}})
-    path = write_json("quality" if args.scale == 4 else f"quality_x{args.scale}", result)
+    path = write_json(name, result)
     print(markdown(result))
     for k, v in result["notes"].items():
         print(f"- {k}: {v}")

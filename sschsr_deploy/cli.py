@@ -221,7 +221,8 @@ def _build_parser() -> _Parser:
                         "its own; int8 = a QDQ export from sschsr-deploy export --precision int8). The output's "
                         "sidecar records it")
     p.add_argument("--channels-last", action="store_true",
-                   help="torch backend: channels-last memory format (faster depthwise convolutions on a CPU)")
+                   help="torch backend: channels-last memory format for fp32 too (on by default for bf16 / fp16 on a "
+                        "CPU; faster depthwise convolutions and layer norms)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture CUDA graphs per input shape and replay them (tensorrt backend; unverified)")
     p.add_argument("--bn-mode", choices=("running", "batch"),
@@ -425,8 +426,8 @@ def _make_pipeline(args: argparse.Namespace):
         options = {"cuda_graph": True} if args.cuda_graph else {}
         return Pipeline(Path(args.engine), backend=backend, backend_options=options, **common)
     model, info = _load_infer_model(args)
-    return Pipeline(model, backend=backend, compile=args.compile, channels_last=args.channels_last, model_info=info,
-                    **common)
+    return Pipeline(model, backend=backend, compile=args.compile, channels_last=args.channels_last or "auto",
+                    model_info=info, **common)
 
 
 def _model_spec(args: argparse.Namespace, common: dict[str, Any], backend: str):
@@ -450,7 +451,7 @@ def _model_spec(args: argparse.Namespace, common: dict[str, Any], backend: str):
         source = shipped_name("tiny", args.scale)
         load.pop("scale", None)
     return ModelSpec(source, weights=weights, load=load, pipeline={**pipeline, "compile": args.compile,
-                                                                  "channels_last": args.channels_last})
+                                                                  "channels_last": args.channels_last or "auto"})
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:

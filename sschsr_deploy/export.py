@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=1, help="maximum batch (dynamic batch 1..N when N > 1; default 1)")
     p.add_argument("--min-batch", type=int, default=1, help="minimum batch (default 1)")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="graph precision (default fp32); int8: the fp32 graph quantized (QDQ; the decoder's and HSI "
-                        "encoder's convolutions, calibrated on held-out synthetic scenes; engine/quantize.py)")
+                   help="graph precision (default fp32); int8: the fp32 graph quantized (QDQ; the decoder's "
+                        "convolutions, calibrated on held-out synthetic scenes; engine/quantize.py, docs/precision.md)")
     p.add_argument("--int8-target", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
                    help="int8: onnxruntime (u8 asymmetric activations, the x86 VNNI path; default) or tensorrt "
                         "(symmetric s8 activations, float bias: TensorRT's explicit-quantization input; unverified)")

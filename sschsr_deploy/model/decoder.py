@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import modulated_deform_conv2d
+from ..ops._backend import reference_forced
 from ..precision import float32_module
 from .attention import SpectralAttentionStage
 from .correspondence import Correspondence
@@ -48,8 +49,17 @@ class DeformableAggregation(nn.Module):
         """(offset (B, 2·G·9, h, w) in (dy, dx) pairs, mask (B, G·9, h, w)) from the predictor's output ``t``;
         differentiable."""
         n = self.offset_groups * self.kernel_size**2
-        residual = RESIDUAL_OFFSET_BOUND * torch.tanh(t[:, : 2 * n])
         b, taps, h, w, _ = pre_offset.shape
+        if not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting() or reference_forced("modulated_deform_conv2d")):
+            # inference: the same sums without materialising the base offsets once per group (NCHW, what the
+            # deformable convolution reads)
+            t = t.contiguous()
+            base = pre_offset.flip(-1).permute(0, 1, 4, 2, 3).reshape(b, 1, 2 * taps, h, w)
+            offset = torch.tanh(t[:, : 2 * n]).view(b, self.offset_groups, 2 * taps, h, w)
+            offset = offset.mul_(RESIDUAL_OFFSET_BOUND).add_(base).view(b, 2 * n, h, w)
+            return offset, torch.sigmoid(t[:, 2 * n :] * similarity)
+        residual = RESIDUAL_OFFSET_BOUND * torch.tanh(t[:, : 2 * n])
         base = pre_offset.flip(-1).permute(0, 1, 4, 2, 3).reshape(b, 2 * taps, h, w)  # (y, x) per tap
         base = base.repeat(1, self.offset_groups, 1, 1)
         mask = torch.sigmoid(t[:, 2 * n :] * similarity)

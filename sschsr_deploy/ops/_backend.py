@@ -122,6 +122,13 @@ def forced_backends(**ops: str) -> Iterator[None]:
         _forced.update(saved)
 
 
+def reference_forced(op: str) -> bool:
+    """True inside ``forced_backends(<op>="reference")``: model code with a faster inference formulation of its own
+    around the op keeps the plain one too (the official formulation, as the export's parity reference and
+    ``benchmarks/bench_vs_official.py``'s stand-in run it)."""
+    return _forced.get(op) == "reference"
+
+
 #: Earlier names of the per-op variables, read (with a warning) when the op's own variable is unset.
 LEGACY_ENV_VARS = {"SSCHSR_DEFORM_CONV_BACKEND": "SSCHSR_DCN_BACKEND",
                    "SSCHSR_SPECTRAL_ATTENTION_BACKEND": "SSCHSR_ATTENTION_BACKEND"}

@@ -173,7 +173,8 @@ class Pipeline:
             fp32); for an exported model, the precision it must have been exported in (``"int8"`` for a QDQ graph;
             default: whatever it was exported in) — a mismatch is refused rather than silently run.
         half: the older spelling of ``precision`` for the torch backend (``True`` = fp16, ``"bf16"``).
-        channels_last: torch backend: channels-last memory format (``"auto"``: where measured faster).
+        channels_last: torch backend: channels-last memory format (``"auto"``, the default: for bf16 / fp16 on a
+            CPU, where it was measured faster; ``True`` for fp32 too).
         rgb_bands: pseudo-RGB band triple (default: the model config's, (15, 8, 3) for 31 bands).
         normalize: min-max normalise the LR cube (see :func:`sschsr_deploy.scene.prepare_inputs`).
         output_scale: ``"input"`` maps the output back to the LR cube's value range (undoing the normalisation);
@@ -203,7 +204,7 @@ class Pipeline:
         compile: bool = False,
         half: bool | str = False,
         precision: str | None = None,
-        channels_last: bool | str = False,
+        channels_last: bool | str = "auto",
         rgb_bands: Sequence[int] | None = None,
         normalize: bool = True,
         output_scale: str = "input",
@@ -220,7 +221,7 @@ class Pipeline:
                 options.setdefault("half", half)
                 options.setdefault("precision", precision)
                 options.setdefault("channels_last", channels_last)
-            elif compile or half or channels_last:
+            elif compile or half or channels_last is True:
                 flag = "compile" if compile else "half" if half else "channels_last"
                 raise InputValidationError(
                     f"{flag}=True applies to the torch backend only (backend={backend!r}; "
