@@ -226,7 +226,7 @@ def measure_size(size: int, configs: list[str], args: argparse.Namespace) -> dic
     golden = golden_deviation(runners, args.bn_mode) if size == 128 and GOLDEN_CASE_A.exists() else None
     del runners
     gc.collect()
-    return {"rows": rows, "check_against_profile": check, "golden_case_A": golden}
+    return {"rows": rows, "rounds": args.rounds, "check_against_profile": check, "golden_case_A": golden}
 
 
 def throughput(args: argparse.Namespace, size: int = 128, windows: int = 4) -> dict[str, Any]:
@@ -343,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
         result["throughput"] = throughput(args)
     write_json(NAME, result)
     sizes = sorted(result["sizes"], key=int)
+    shown = [n for n in CONFIGS if any("speedup_vs_official" in result["sizes"][s]["rows"].get(n, {}) for s in sizes)]
     series = {n: [result["sizes"][s]["rows"].get(n, {}).get("speedup_vs_official", 0.0) for s in sizes]
-              for n in configs}
+              for n in shown}
     with contextlib.suppress(Exception):
         bar_chart(NAME, "SSC-HSR official preset on the CPU: speed-up over the official formulation",
                   [f"{s}²" for s in sizes], series, "× official (higher is faster)")
