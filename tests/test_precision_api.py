@@ -110,3 +110,17 @@ def test_cli_precision_flags(tmp_path, capsys, scene):
     assert main([*base, "--out", str(tmp_path / "b.npy"), "--precision", "int8"]) == 2
     assert "export --precision int8" in capsys.readouterr().err
     assert not (tmp_path / "b.npy").exists()
+
+
+def test_served_pipeline_takes_the_precision():
+    """``serve --precision``: the settings travel through the model config's parameters to the handler's pipeline."""
+    from sschsr_deploy.serving.handler import SceneHandler
+    from sschsr_deploy.serving.repository import ModelSettings
+
+    settings = ModelSettings(precision="bfloat16").check()
+    assert settings.precision == "bf16"
+    again = ModelSettings.from_parameters({k: {"string_value": v} for k, v in settings.to_parameters().items()})
+    handler = SceneHandler.from_settings(again)
+    assert handler.pipeline.backend.precision == "bf16" and handler.pipeline.describe()["precision"] == "bf16"
+    with pytest.raises(InputValidationError, match="precision"):
+        ModelSettings(precision="int4").check()

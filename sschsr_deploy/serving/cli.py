@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                        help="cpu, or cuda: each instance on a GPU Triton assigns (default cpu)")
     model.add_argument("--gpus", type=int, nargs="+", metavar="ID", help="GPU ids for the instances (default all)")
+    model.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
+                       help="torch: fp32 (default), bf16 or fp16 autocast; an exported model: the precision it must "
+                            "have been exported in (default: its own) — docs/precision.md")
     model.add_argument("--instances", type=int, default=1,
                        help="model instances (per GPU with --device cuda); each runs one scene at a time (default 1)")
     model.add_argument("--tile", type=_tile, default="default",
@@ -87,7 +90,7 @@ def settings_from_args(args: argparse.Namespace) -> ModelSettings:
         instances=args.instances, tile=args.tile, batch=args.batch, threads=args.threads,
         max_megapixels=args.max_megapixels, min_lr_side=args.min_lr_side, scale=args.scale, gpus=args.gpus,
         max_queue_delay_us=args.max_queue_delay_us, queue_timeout_us=args.queue_timeout_ms * 1000,
-        max_queue_size=args.max_queue_size,
+        max_queue_size=args.max_queue_size, precision=getattr(args, "precision", None),
     ).check()
 
 

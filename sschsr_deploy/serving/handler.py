@@ -57,6 +57,8 @@ class SceneHandler:
             options["backend"] = settings.backend
         if settings.scale is not None:
             options["scale"] = settings.scale
+        if settings.precision is not None:
+            options["precision"] = settings.precision
         if settings.threads and (settings.backend == "onnxruntime" or str(settings.source).endswith(".onnx")):
             options["backend_options"] = {"threads": settings.threads}
         pipeline = Pipeline.from_pretrained(settings.source, device=device or settings.device, tile=settings.tile,

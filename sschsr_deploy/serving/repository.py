@@ -67,6 +67,8 @@ class ModelSettings:
         max_queue_delay_us / queue_timeout_us / max_queue_size: Triton's scheduler queue (``dynamic_batching``;
             every request is still run on its own: ``max_batch_size`` is 0). 0 = unset.
         sys_path: folders prepended to ``sys.path`` of the backend's Python (where ``sschsr_deploy`` is found).
+        precision: the :class:`~sschsr_deploy.runtime.Pipeline`'s ``precision`` (torch: fp32 / bf16 / fp16; an
+            exported model: the precision it must have; ``None``: fp32 / the export's own).
     """
 
     source: str = "tiny-x4"
@@ -84,6 +86,7 @@ class ModelSettings:
     queue_timeout_us: int = 0
     max_queue_size: int = 0
     sys_path: list[str] = field(default_factory=list)
+    precision: str | None = None
 
     def check(self) -> ModelSettings:
         source = Path(os.fspath(self.source)).expanduser()
@@ -99,6 +102,10 @@ class ModelSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputValidationError(f"{name} must be a non-negative integer; got {value!r}")
+        if self.precision is not None:
+            from sschsr_deploy.runtime.torch_backend import normalize_precision
+
+            self.precision = normalize_precision(self.precision)
         if not (float(self.max_megapixels) > 0):
             raise InputValidationError(f"max_megapixels must be positive; got {self.max_megapixels!r}")
         return self
