@@ -47,7 +47,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_output_arguments, bar_chart, environment, results_dir, use_output_arguments, write_json  # noqa: E402,I001
+from common import (  # noqa: E402
+    SCRATCH_DIR,
+    add_output_arguments,
+    bar_chart,
+    environment,
+    results_dir,
+    use_output_arguments,
+    write_json,
+)
 
 from sschsr_deploy.ops._backend import forced_backends  # noqa: E402
 
@@ -317,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-scenes", type=int, default=8)
     ap.add_argument("--bn-mode", choices=("batch", "running"), default="batch")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workdir", default=str(Path(__file__).parent / "results" / "local" / "vs_official_cache"))
+    ap.add_argument("--workdir", default=str(SCRATCH_DIR / "vs_official_cache"),
+                    help="where the exports are cached (default: the git-ignored scratch folder)")
     ap.add_argument("--merge", action="store_true", help="keep the other sizes of an earlier result file")
     add_output_arguments(ap)
     args = ap.parse_args(argv)
