@@ -115,7 +115,13 @@ def test_int8_export_then_infer_end_to_end(tmp_path, capsys):
     side = json.loads((tmp_path / "hr.npy.json").read_text())
     assert side["model"]["precision"] == "int8" and side["precision"] == "int8"
     assert np.isfinite(np.load(tmp_path / "hr.npy")).all()
+    assert main([*infer, "--out", str(tmp_path / "hr2.npy"), "--in-flight", "2", "--batch", "2", "--tile", "128",
+                 "--overlap", "16"]) == 0  # two windows at once, one session each
+    side2 = json.loads((tmp_path / "hr2.npy.json").read_text())
+    assert side2["backend"]["in_flight"] == 2 and np.isfinite(np.load(tmp_path / "hr2.npy")).all()
     capsys.readouterr()
+    assert main([*infer, "--out", str(tmp_path / "hr3.npy"), "--in-flight", "2"]) == 2  # batch 1 < 2
+    assert "--batch 2" in capsys.readouterr().err
     assert main([*infer, "--out", str(tmp_path / "hr32.npy"), "--precision", "fp32"]) == 2  # not what was exported
     assert "runs int8" in capsys.readouterr().err and not (tmp_path / "hr32.npy").exists()
     trt_out = tmp_path / "tiny_int8_trt.onnx"  # TensorRT's explicit-quantization flavour: symmetric s8, float bias

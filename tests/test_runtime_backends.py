@@ -346,3 +346,28 @@ def test_onnxruntime_cuda_io_binding_matches_cpu(onnx_path, scene):
     gpu = Pipeline(onnx_path, backend="onnxruntime", device="cuda", batch=2, quiet=True,
                    output_scale="unit").run(scene.lr_hsi, scene.ref_rgb, 4)
     assert _rel(gpu, cpu) < 1e-3
+
+
+def test_onnxruntime_windows_in_flight_equal_one_session(tmp_path):
+    """``in_flight=2``: a batch split over two one-thread sessions run at once gives the one-session result (same
+    graph, per-window independent); the pipeline may then batch past a batch-1 export; bad values are refused."""
+    pytest.importorskip("onnxruntime")
+    from sschsr_deploy.engine.onnx import example_inputs, export_onnx
+    from sschsr_deploy.errors import InputValidationError
+    from sschsr_deploy.runtime.ort_backend import OnnxRuntimeBackend
+    from sschsr_deploy.weights import load_model
+
+    model, _ = load_model("tiny-x4")
+    path = tmp_path / "t.onnx"
+    export_onnx(model, path, tile=(128, 128), batch_range=(1, 1), preset="tiny")
+    one = OnnxRuntimeBackend(path, threads=2)
+    two = OnnxRuntimeBackend(path, in_flight=2)
+    assert one.max_batch == 1 and two.max_batch == 2 and two.describe()["in_flight"] == 2
+    xs = example_inputs(31, 3, (128, 128), seed=4)
+    want = one.run(*xs)
+    got = two.run(*xs)
+    assert got.shape == want.shape == (3, 31, 128, 128)
+    assert float((got - want).norm() / want.norm()) < 1e-6
+    for bad in (0, True, "2"):
+        with pytest.raises(InputValidationError, match="in_flight"):
+            OnnxRuntimeBackend(path, in_flight=bad)

@@ -58,7 +58,7 @@ def create_backend(name: str, model_or_engine: Any, device: str | torch.device =
 
     - ``"torch"``: an ``SSCHSR`` ``nn.Module``; options: ``compile``, ``check_inputs``.
     - ``"onnxruntime"``: a path to an ``.onnx`` file from :func:`sschsr_deploy.engine.onnx.export_onnx` (standard
-      ops) or an open ``onnxruntime.InferenceSession``; options: ``threads``.
+      ops) or an open ``onnxruntime.InferenceSession``; options: ``threads``, ``in_flight`` (CPU windows at once).
     - ``"tensorrt"``: a path to an engine built by :func:`sschsr_deploy.engine.tensorrt.build_engine` (with its
       ``.json`` sidecar) or a ``LoadedEngine``; options: ``cuda_graph``, ``expect``. CUDA only; unverified.
     """
