@@ -57,14 +57,12 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from sschsr_deploy.ops._backend import forced_backends  # noqa: E402
+from sschsr_deploy.ops._backend import REFERENCE_OPS, forced_backends  # noqa: E402
 
 NAME = "vs_official_cpu"
 OFFICIAL = "official (stand-in)"
 #: official code / our torch path, measured side by side (shared/reference/performance-profile.md)
 PROFILE_OFFICIAL_OVER_TORCH = {128: 1.28, 256: 1.34, 512: 1.6}
-REFERENCE_OPS = dict(modulated_deform_conv2d="reference", spectral_attention="reference", patch_match="reference",
-                     gram_and_norms="reference")
 CONFIGS = ("torch fp32", "torch fp32 channels-last", "torch bf16", "torch bf16 channels-last",
            "onnxruntime fp32", "onnxruntime int8", "onnxruntime fp16")
 
@@ -105,7 +103,7 @@ def _torch_runner(model: torch.nn.Module, precision: str, channels_last: bool, r
     return lambda inputs: backend.run(*inputs).numpy()
 
 
-def _export(model: torch.nn.Module, size: int, precision: str, workdir: Path, threads: int,
+def _export(model: torch.nn.Module, size: int, precision: str, workdir: Path,
             calibration_scenes: int) -> tuple[Path, dict[str, Any]]:
     """The exported (and for int8 quantized) official preset at N², cached in ``workdir``."""
     from sschsr_deploy.engine.onnx import INPUT_NAMES, export_onnx
@@ -166,7 +164,7 @@ def build_runners(size: int, configs: list[str], args: argparse.Namespace) -> tu
                 runners[name] = _torch_runner(model, precision, False)
         else:
             try:
-                path, info = _export(model, size, precision, Path(args.workdir), args.threads, args.calibration_scenes)
+                path, info = _export(model, size, precision, Path(args.workdir), args.calibration_scenes)
             except Exception as exc:  # recorded, not fatal: the table says what could not be measured
                 facts[name] = {"unavailable": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 continue
@@ -247,7 +245,7 @@ def throughput(args: argparse.Namespace, size: int = 128, windows: int = 4) -> d
     result: dict[str, Any] = {"size": size, "windows": windows}
     cases: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
     for precision in ("fp32", "int8"):
-        path, _ = _export(model, size, precision, Path(args.workdir), args.threads, args.calibration_scenes)
+        path, _ = _export(model, size, precision, Path(args.workdir), args.calibration_scenes)
         two = make_session(path, providers=["CPUExecutionProvider"], threads=2)
         ones = [make_session(path, providers=["CPUExecutionProvider"], threads=1) for _ in range(2)]
         feed = {i.name: t.numpy() for i, t in zip(two.get_inputs(), inputs, strict=True)}

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from common import add_output_arguments, environment, results_dir, use_output_arguments, write_json
 
+from sschsr_deploy.runtime.torch_backend import AUTOCAST_DTYPES
+
 STAGES = ("flownet", "warpnet", "rgb_extractor", "similar", "hsi_encoder", "decoder")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def scene_inputs(size: int, bands: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -80,7 +81,7 @@ def profile_torch(args: argparse.Namespace) -> dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         inputs = tuple(t.contiguous(memory_format=torch.channels_last) for t in inputs)
-    dtype = PRECISIONS[args.precision]
+    dtype = AUTOCAST_DTYPES[args.precision]
     device_type = "cuda" if args.device.startswith("cuda") else "cpu"
     autocast = torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="a shipped name, a weights file, or a preset (tiny / official) with random weights")
     src.add_argument("--onnx", help="an exported .onnx model (ONNX Runtime CPU)")
     ap.add_argument("--size", type=int, default=256, help="HR size (square, a multiple of 4)")
-    ap.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="torch autocast precision")
+    ap.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="torch autocast precision")
     ap.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)

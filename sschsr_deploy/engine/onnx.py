@@ -85,7 +85,7 @@ from torch import Tensor, nn
 from ..checkpoint import state_dict_sha256
 from ..errors import SSCHSRError
 from ..model import INPUT_NAMES, SSCHSR
-from ..ops._backend import forced_backends
+from ..ops._backend import REFERENCE_OPS, forced_backends
 from ..precision import convert_for_export, export_islands
 from ..weights import ModelMeta
 from .ops import CUSTOM_DOMAIN
@@ -602,8 +602,7 @@ def export_onnx(
 
     def fp32_reference(*xs: Tensor) -> Tensor:
         net = (TileNetwork(model) if part == "tile" else FlowNetwork(model, iters)).eval()
-        with forced_backends(modulated_deform_conv2d="reference", spectral_attention="reference",
-                             patch_match="reference", gram_and_norms="reference"):
+        with forced_backends(**REFERENCE_OPS):
             return net(*xs)
 
     dtype = torch.float16 if precision == "fp16" else torch.float32

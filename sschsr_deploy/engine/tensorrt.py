@@ -431,7 +431,7 @@ def engine_parity(engine_path: str | os.PathLike, model, *, batch: int = 1, seed
     import numpy as np
     import torch
 
-    from ..ops._backend import forced_backends
+    from ..ops._backend import REFERENCE_OPS, forced_backends
     from .onnx import FP16_TOLERANCE, FP32_TOLERANCE, FlowNetwork, TileNetwork, example_inputs
 
     loaded = load_engine(engine_path)
@@ -445,8 +445,7 @@ def engine_parity(engine_path: str | os.PathLike, model, *, batch: int = 1, seed
     runner = EngineRunner(loaded)
     got = next(iter(runner(*xs).values())).float().cpu().numpy()
     net = TileNetwork(model) if part == "tile" else FlowNetwork(model, iters)
-    with torch.no_grad(), forced_backends(modulated_deform_conv2d="reference", spectral_attention="reference",
-                                          patch_match="reference", gram_and_norms="reference"):
+    with torch.no_grad(), forced_backends(**REFERENCE_OPS):
         want = net.eval()(*xs).float().numpy()
     err = float(np.linalg.norm(got - want))
     rel = err / (float(np.linalg.norm(want)) or 1.0)

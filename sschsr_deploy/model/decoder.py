@@ -50,20 +50,15 @@ class DeformableAggregation(nn.Module):
         differentiable."""
         n = self.offset_groups * self.kernel_size**2
         b, taps, h, w, _ = pre_offset.shape
-        if not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-                or torch.compiler.is_exporting() or reference_forced("modulated_deform_conv2d")):
-            # inference: the same sums without materialising the base offsets once per group (NCHW, what the
-            # deformable convolution reads)
-            t = t.contiguous()
-            base = pre_offset.flip(-1).permute(0, 1, 4, 2, 3).reshape(b, 1, 2 * taps, h, w)
-            offset = torch.tanh(t[:, : 2 * n]).view(b, self.offset_groups, 2 * taps, h, w)
-            offset = offset.mul_(RESIDUAL_OFFSET_BOUND).add_(base).view(b, 2 * n, h, w)
-            return offset, torch.sigmoid(t[:, 2 * n :] * similarity)
-        residual = RESIDUAL_OFFSET_BOUND * torch.tanh(t[:, : 2 * n])
         base = pre_offset.flip(-1).permute(0, 1, 4, 2, 3).reshape(b, 2 * taps, h, w)  # (y, x) per tap
-        base = base.repeat(1, self.offset_groups, 1, 1)
-        mask = torch.sigmoid(t[:, 2 * n :] * similarity)
-        return base + residual, mask
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling() \
+                or torch.compiler.is_exporting() or reference_forced("modulated_deform_conv2d"):
+            offset = base.repeat(1, self.offset_groups, 1, 1) + RESIDUAL_OFFSET_BOUND * torch.tanh(t[:, : 2 * n])
+        else:  # inference: the same sums without a copy of the base offsets per group (NCHW, as the DCN reads)
+            t = t.contiguous()
+            offset = torch.tanh(t[:, : 2 * n]).view(b, self.offset_groups, 2 * taps, h, w)
+            offset = offset.mul_(RESIDUAL_OFFSET_BOUND).add_(base.unsqueeze(1)).view(b, 2 * n, h, w)
+        return offset, torch.sigmoid(t[:, 2 * n :] * similarity)
 
     def forward(self, feat: Tensor, offset_feat: Tensor, pre_offset: Tensor, similarity: Tensor,
                 trace: dict | None = None, tag: str = "") -> Tensor:

@@ -122,6 +122,12 @@ def forced_backends(**ops: str) -> Iterator[None]:
         _forced.update(saved)
 
 
+#: every operator forced to its plain-PyTorch reference (``forced_backends(**REFERENCE_OPS)``): the official
+#: formulation, as the export's parity checks and ``benchmarks/bench_vs_official.py``'s stand-in run it
+REFERENCE_OPS = {"modulated_deform_conv2d": "reference", "spectral_attention": "reference",
+                 "patch_match": "reference", "gram_and_norms": "reference"}
+
+
 def reference_forced(op: str) -> bool:
     """True inside ``forced_backends(<op>="reference")``: model code with a faster inference formulation of its own
     around the op keeps the plain one too (the official formulation, as the export's parity reference and

@@ -29,7 +29,7 @@ from torch import nn
 from sschsr_deploy.checkpoint import state_dict_sha256
 from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.runtime.backend_base import Backend, ExportedModelBackend, ExportSpec, resolve_device
-from sschsr_deploy.runtime.torch_backend import PRECISIONS, TorchBackend, normalize_precision
+from sschsr_deploy.runtime.torch_backend import TorchBackend, normalize_precision
 
 __all__ = [
     "BACKENDS",
@@ -37,7 +37,6 @@ __all__ = [
     "Backend",
     "ExportSpec",
     "ExportedModelBackend",
-    "PRECISIONS",
     "TorchBackend",
     "check_precision",
     "backend_for_path",

@@ -153,6 +153,10 @@ class OnnxRuntimeBackend(ExportedModelBackend):
             each = threads if threads else (1 if in_flight > 1 else None)
             self.session = self._open(each)
             self._more_sessions = [self._open(each) for _ in range(in_flight - 1)]
+            if in_flight > 1:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(in_flight, thread_name_prefix="sschsr-ort")
         else:
             raise InputValidationError(
                 f"the onnxruntime backend needs a path to an .onnx file or an onnxruntime.InferenceSession; got "
@@ -265,8 +269,6 @@ class OnnxRuntimeBackend(ExportedModelBackend):
         b = int(inputs[0].shape[0]) if inputs and inputs[0].dim() == 4 else 0
         if self.in_flight == 1 or b < 2:
             return super().run(*inputs)
-        from concurrent.futures import ThreadPoolExecutor
-
         parts = min(self.in_flight, b)
         bounds = [round(i * b / parts) for i in range(parts + 1)]
         sessions = [self.session, *self._more_sessions]
@@ -276,8 +278,7 @@ class OnnxRuntimeBackend(ExportedModelBackend):
             local.session = sessions[i]  # this thread's session (ONNX Runtime releases the GIL while it runs)
             return super(OnnxRuntimeBackend, self).run(*(t[bounds[i]:bounds[i + 1]] for t in inputs))
 
-        with ThreadPoolExecutor(parts) as pool:
-            return torch.cat(list(pool.map(one, range(parts))))
+        return torch.cat(list(self._pool.map(one, range(parts))))
 
     def _run_batch(self, inputs: tuple[Tensor, ...]) -> Tensor:
         return self._run_cuda(inputs) if self.device.type == "cuda" else self._run_cpu(inputs)

@@ -116,11 +116,8 @@ def resolve_precision(precision: str | None, half: bool | str = False) -> str:
     """The torch backend's precision from ``precision`` or the older ``half`` (both given: they must agree)."""
     legacy = None
     if half is not False and half is not None:
-        if half is True:
-            legacy = "fp16"
-        elif isinstance(half, str) and _ALIASES.get(half.lower(), half.lower()) in ("fp16", "bf16"):
-            legacy = _ALIASES.get(half.lower(), half.lower())
-        else:
+        legacy = "fp16" if half is True else _ALIASES.get(half.lower(), half.lower()) if isinstance(half, str) else None
+        if legacy not in ("fp16", "bf16"):
             raise InputValidationError(f"half must be True, 'fp16' or 'bf16'; got {half!r}")
     name = None if precision is None else normalize_precision(precision)
     if name is not None and legacy is not None and name != legacy:
