@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sschsr_deploy.data import make_scene
-from sschsr_deploy.errors import InputValidationError
+from sschsr_deploy.errors import InputValidationError, NonFiniteOutputError
 from sschsr_deploy.io import as_cube, load_hsi, read_hsi, write_hsi, write_rgb
 from sschsr_deploy.model import SSCHSR
 from sschsr_deploy.runtime import Backend, Pipeline, PreparedScene, TileExecutor, create_backend
@@ -222,3 +222,67 @@ def test_cuda_streams_match_cpu(tiny):
     gpu = Pipeline(gpu_model, device="cuda", tile=128, overlap=32, batch=2, depth=3, quiet=True).run(
         s.lr_hsi, s.ref_rgb, 4)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+class NaNForWindowSize(PointwiseBackend):
+    """Pointwise, but NaN for windows of one size (one scene of a call can be made to fail); records batch sizes."""
+
+    def __init__(self, nan_size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.nan_size = nan_size
+        self.batches: list[tuple[int, int, int]] = []
+
+    def run(self, *inputs):
+        b, _, h, w = inputs[0].shape
+        self.batches.append((int(b), int(h), int(w)))
+        out = super().run(*inputs)
+        return torch.full_like(out, float("nan")) if (h, w) == self.nan_size else out
+
+
+def test_execute_many_batches_windows_across_scenes():
+    """Scenes run together: windows of equal size from different scenes share forward passes, each scene's rows
+    reach its own sink and equal a run alone; windows of other sizes run in their own batches; a scene whose output
+    is non-finite gets its error without touching the others."""
+    # tile 256: (64, 72) and (96, 104) pad to 128 x 128 windows, (160, 168) is one whole-image window, (400, 520)
+    # is cut into 256 x 256 windows
+    sizes = [(64, 72), (160, 168), (96, 104), (400, 520)]
+    scenes = [make_scene(seed=10 + k, size=size, scale=4) for k, size in enumerate(sizes)]
+    alone = [Pipeline(PointwiseBackend(), tile=256, batch=4, quiet=True, output_scale="unit")
+             .run(s.lr_hsi, s.ref_rgb, 4) for s in scenes]
+    backend = NaNForWindowSize()
+    pipe = Pipeline(backend, tile=256, batch=4, quiet=True, output_scale="unit")
+    prepared = [pipe.prepare(as_cube(s.lr_hsi, "hwc"), s.ref_rgb, 4) for s in scenes]
+
+    def sinks():
+        outs = [np.full((*size, 31), np.nan, np.float32) for size in sizes]
+
+        def sink_for(out):
+            def sink(y0, block):
+                out[y0:y0 + block.shape[1]] = block.transpose(1, 2, 0)
+            return sink
+
+        return outs, [sink_for(o) for o in outs]
+
+    outs, sink_list = sinks()
+    outcomes = pipe.execute_many(prepared, sink_list)
+    assert [o.error for o in outcomes] == [None] * 4
+    big = len(outcomes[3].plan)
+    assert [o.windows for o in outcomes] == [1, 1, 1, big] and big > 4
+    for out, ref in zip(outs, alone, strict=True):
+        np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    # the two 128 x 128 windows in one pass, the 160 x 168 one alone, the 256 x 256 ones in passes of <= 4
+    assert backend.batches[:2] == [(2, 128, 128), (1, 160, 168)]
+    assert [b for b, h, _ in backend.batches[2:] if h == 256] == [min(4, big - i) for i in range(0, big, 4)]
+    assert pipe.last_batches == len(backend.batches) == 2 + -(-big // 4)
+
+    backend.nan_size = (160, 168)  # only scene 1's window turns NaN: only it fails, the others are complete
+    outs, sink_list = sinks()
+    outcomes = pipe.execute_many(prepared, sink_list)
+    assert isinstance(outcomes[1].error, NonFiniteOutputError) and "160x168x31" in str(outcomes[1].error)
+    for k in (0, 2, 3):
+        assert outcomes[k].error is None
+        np.testing.assert_allclose(outs[k], alone[k], rtol=1e-6, atol=1e-6)
+    with pytest.raises(NonFiniteOutputError):  # execute (one scene) raises it
+        pipe.execute(prepared[1], sink_list[1])
+    with pytest.raises(ValueError, match="sink"):
+        pipe.execute_many(prepared, [])

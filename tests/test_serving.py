@@ -1,6 +1,7 @@
 """Serving (``sschsr_deploy.serving``): a real Triton Inference Server on 127.0.0.1 with free ports, ONE per module.
 
-HTTP and gRPC results equal the in-process :class:`Pipeline`; concurrent clients; every bad request refused with our
+HTTP and gRPC results equal the in-process :class:`Pipeline`; concurrent clients; the batched interface
+(``batch_requests``: a second server, queued requests run together); every bad request refused with our
 message while the server keeps serving and its memory stays flat; ``sschsr-deploy serve`` restarted on the same ports,
 finishing an in-flight request on SIGTERM and exiting 0. Skipped when nvidia-pytriton's server or tritonclient is
 missing. Small scenes (LR 16x16x31, tiny-x4, x4), one torch thread per instance.
@@ -82,6 +83,20 @@ def pipeline():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def batched_server():
+    """The batched interface: one instance, up to 4 queued requests run together (they wait up to 0.3 s for each
+    other)."""
+    missing = _serving_missing()
+    if missing:
+        pytest.skip(f"needs Triton Inference Server (nvidia-pytriton) and tritonclient: {missing}")
+    srv = Server("tiny-x4", instances=1, threads=1, batch_requests=4, batch=4, max_queue_delay_us=300_000,
+                 max_megapixels=MAX_MPIX, exit_timeout=5, grace=10, startup_timeout=180)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # without a server: the model config and the request checks, in-process
 
@@ -112,6 +127,68 @@ def test_handler_refuses_bad_scenes_in_process(pipeline):
     hr, meta = handler(lr, ref, np.array([4], np.int32), np.array([np.nan], np.float32))
     assert rel_err(hr, pipeline.run(lr, ref, nodata="nan")) <= 1e-6 and meta["nodata"] == "nan"
     assert json.loads(bytes(SceneHandler.encode_metadata(meta)).decode())["scale"] == 4
+
+
+def test_batched_model_config():
+    text = model_config(ModelSettings(batch_requests=6, batch=6))
+    for line in ("max_batch_size: 6",
+                 'name: "LR_HSI" data_type: TYPE_FP32 dims: [ -1, -1, -1 ] allow_ragged_batch: true',
+                 'name: "REF_RGB" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] allow_ragged_batch: true',
+                 'name: "SCALE" data_type: TYPE_INT32 dims: [ 1 ] optional: true }',
+                 "dynamic_batching { max_queue_delay_microseconds: 0 }"):
+        assert line in text, line
+    unbatched = model_config(ModelSettings())
+    assert "max_batch_size: 0" in unbatched and "dynamic_batching" not in unbatched
+    with pytest.raises(InputValidationError, match="batch_requests"):
+        ModelSettings(batch_requests=-1).check()
+
+
+def test_serve_batch_requests_option_writes_the_batched_repository(tmp_path, capsys):
+    from sschsr_deploy.cli import main
+
+    assert main(["serve", "--batch-requests", "8", "--max-queue-delay-us", "2000", "--write-repository",
+                 str(tmp_path / "repo")]) == 0
+    text = (tmp_path / "repo" / "sschsr" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in text and "dynamic_batching { max_queue_delay_microseconds: 2000 }" in text
+    params = {line.split('"')[1]: line for line in text.splitlines() if line.startswith("parameters")}
+    assert 'string_value: "8"' in params["batch_requests"] and 'string_value: "8"' in params["batch"]  # --batch: N
+    capsys.readouterr()
+    assert main(["serve", "--batch-requests", "-1", "--write-repository", str(tmp_path / "bad")]) == 2
+    assert "batch_requests must be a non-negative integer" in capsys.readouterr().err
+
+
+def test_handler_runs_queued_scenes_together_in_process(pipeline):
+    """``run_many``: every scene checked on its own (a refused one gets its error), the others run together and
+    equal a run alone."""
+    handler = SceneHandler(pipeline, ModelSettings(max_megapixels=MAX_MPIX))
+    good = [scene(20), scene(21, (24, 20, 31))]
+    bad_lr, bad_ref = scene(22)
+    items = [(*good[0], None, None), (bad_lr[..., :30].copy(), bad_ref, None, None), (*good[1], np.array([4]), None)]
+    results = handler.run_many(items)
+    assert isinstance(results[1], InputValidationError) and "30 bands" in str(results[1])
+    for (lr, ref), result in zip(good, (results[0], results[2]), strict=True):
+        hr, meta = result
+        assert rel_err(hr, pipeline.run(lr, ref)) <= 1e-6 and meta["hr_shape_hwc"] == list(hr.shape)
+        assert meta["run_together"] == {"scenes": 2, "requests_refused": 1, "windows": 2,
+                                        "forward_passes": meta["run_together"]["forward_passes"]}
+        assert meta["tiling"]["plan"]["image"] == list(hr.shape[:2])  # its own plan, not the last scene's
+
+
+def test_batched_request_split_and_join(pipeline):
+    handler = SceneHandler(pipeline, ModelSettings(max_megapixels=MAX_MPIX))
+    (lr0, ref0), (lr1, ref1) = scene(23), scene(24)
+    items = SceneHandler.split_request(np.stack([lr0, lr1]), np.stack([ref0, ref1]), np.array([[4], [4]], np.int32))
+    assert len(items) == 2 and items[1][0].shape == lr1.shape and int(items[1][2][0]) == 4 and items[0][3] is None
+    hr, meta = SceneHandler.join_results(handler.run_many(items))
+    assert hr.shape == (2, 64, 64, 31) and meta.shape[0] == 2 and meta.dtype == np.uint8
+    assert rel_err(hr[1], pipeline.run(lr1, ref1)) <= 1e-6
+    assert [json.loads(bytes(row).decode())["scale"] for row in meta] == [4, 4]  # padded with spaces: still JSON
+    for args, words in [((lr0, ref0[None]), "rank 4"), ((lr0[None], ref0), "rank 4"),
+                        ((np.stack([lr0, lr1]), ref0[None]), "REF_RGB has shape [1, 64, 64, 3] but LR_HSI holds 2")]:
+        with pytest.raises(InputValidationError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            SceneHandler.split_request(*args)
+    failed = SceneHandler.join_results(handler.run_many([(lr0, ref0, None, None), (lr1[..., :30], ref1, None, None)]))
+    assert isinstance(failed, InputValidationError) and str(failed).startswith("scene 1 of the request's 2: ")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -294,6 +371,60 @@ def test_metrics_and_health(server):
     with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
         text = r.read().decode()
     assert 'nv_inference_request_success{model="sschsr"' in text
+
+
+def test_batched_server_runs_concurrent_requests_together(batched_server, pipeline):
+    """Concurrent requests of different sizes (HTTP and gRPC, one of them bad) reach the instance together: the good
+    ones equal the in-process pipeline and were run with others, the bad one gets its own error; a raw request of
+    two scenes (what a client in another language sends) answers both."""
+    import tritonclient.http as th
+
+    data = [scene(30), scene(31, (20, 24, 31)), scene(32), scene(33, (24, 16, 31))]
+    data[2] = (data[2][0][..., :30].copy(), data[2][1])  # refused: 30 bands
+    expected = {i: pipeline.run(*d) for i, d in enumerate(data) if i != 2}
+    out: dict[int, object] = {}
+
+    def work(i: int) -> None:
+        protocol = "http" if i % 2 == 0 else "grpc"
+        url = batched_server.http_url if protocol == "http" else batched_server.grpc_url
+        with Client(url, protocol) as client:
+            try:
+                out[i] = client.infer(*data[i])
+            except BaseException as exc:  # checked below
+                out[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(data))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert isinstance(out[2], InputValidationError) and "30 bands" in str(out[2])
+    together = []
+    for i, ref in expected.items():
+        assert not isinstance(out[i], BaseException), out[i]
+        hr, meta = out[i]
+        assert hr.shape == ref.shape and rel_err(hr, ref) <= 1e-6
+        together.append(meta["run_together"]["scenes"])
+    assert max(together) >= 2, together  # the queue delay let requests meet
+    with Client(batched_server.grpc_url, "grpc") as client:
+        assert client.batched and client.ready()
+
+    (lr0, ref0), (lr1, ref1) = scene(34), scene(35)
+    client = th.InferenceServerClient(batched_server.http_url)
+    try:
+        tensors = []
+        for name, array, dtype in [("LR_HSI", np.stack([lr0, lr1]), "FP32"),
+                                   ("REF_RGB", np.stack([ref0, ref1]), "UINT8")]:
+            t = th.InferInput(name, list(array.shape), dtype)
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        result = client.infer("sschsr", tensors)
+    finally:
+        client.close()
+    hr, meta = result.as_numpy("HR_HSI"), result.as_numpy("METADATA")
+    assert hr.shape == (2, 64, 64, 31) and meta.shape[0] == 2
+    assert rel_err(hr[0], pipeline.run(lr0, ref0)) <= 1e-6 and rel_err(hr[1], pipeline.run(lr1, ref1)) <= 1e-6
+    assert json.loads(bytes(meta[1]).decode())["run_together"]["scenes"] >= 2
 
 
 def test_cli_restart_on_same_ports_and_sigterm(server, pipeline, tmp_path):

@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 
 from sschsr_deploy import preprocess
 from sschsr_deploy.bands import BandMappedCube, default_model_wavelengths, plan_band_mapping
-from sschsr_deploy.errors import InputValidationError, NonFiniteOutputError
+from sschsr_deploy.errors import InputValidationError, NonFiniteOutputError, SSCHSRError
 from sschsr_deploy.io.hsi import HSICube, HSIWriter, as_cube, format_from_path, read_hsi
 from sschsr_deploy.io.metadata import CubeMetadata
 from sschsr_deploy.io.rgb import read_rgb
@@ -60,7 +61,7 @@ from sschsr_deploy.runtime.planner import (
 from sschsr_deploy.runtime.streams import HostBatch, TileExecutor
 from sschsr_deploy.scene import PreparedScene, check_nodata
 
-__all__ = ["Pipeline", "input_facts", "output_layout", "sidecar_info", "write_output"]
+__all__ = ["Pipeline", "SceneOutcome", "input_facts", "output_layout", "sidecar_info", "write_output"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,78 @@ def write_output(out_path: str | Path, hr: np.ndarray, *, inputs: dict[str, Any]
         info = sidecar_info(inputs, record, out_format, layout, shape, metadata, times, extra_info) if sidecar else None
         writer.commit(sidecar=info)
     return out_path
+
+
+@dataclass(frozen=True)
+class SceneOutcome:
+    """What :meth:`Pipeline.execute_many` says of one scene: its tile plan, and the error that refused its output
+    (``None``: the rows were all emitted and are finite)."""
+
+    plan: TilePlan
+    error: SSCHSRError | None
+    windows: int
+
+
+class _SceneRun:
+    """One scene's part of an execution: its plan and blender, what happens to finished rows (back to the input's
+    value range, no-data pixels written back, non-finite values counted) and the LR pages released row by row."""
+
+    def __init__(self, pipeline: Pipeline, scene: PreparedScene, sink: Callable[[int, np.ndarray], None]) -> None:
+        self.scene = scene
+        self.sink = sink
+        self.plan = pipeline.plan(scene.height, scene.width)
+        self.bands = pipeline.backend.bands
+        self.denorm = pipeline.output_scale == "input"
+        self.blender = StreamingBlender(self.plan, self.bands, self._emit)
+        self.left = len(self.plan)
+        self.row: int | None = None
+        self.nan = self.inf = 0
+        self.first_row = -1
+        self.error: SSCHSRError | None = None
+
+    def crop(self, window: Window) -> tuple[np.ndarray, ...]:
+        """The window's five inputs; at each new row of windows the LR pages the previous row read are unmapped
+        (:meth:`PreparedScene.release_pages`)."""
+        if window.y0 != self.row:
+            self.row = window.y0
+            self.scene.release_pages()
+        return self.scene.window(window.y0, window.y1, window.x0, window.x1)
+
+    def _emit(self, y0: int, block: np.ndarray) -> None:
+        scene = self.scene
+        if self.denorm:
+            block = scene.denormalize(block)
+        masked = scene.hr_mask(y0, y0 + block.shape[1])
+        if masked is not None:  # no-data pixels are not the network's to answer for: checked as 0, written back
+            block[:, masked] = 0.0
+        finite = np.isfinite(block)
+        if not finite.all():  # counted over the whole output; reported (and refused) at the end
+            nan = int(np.count_nonzero(np.isnan(block)))
+            self.nan += nan
+            self.inf += int(block.size - np.count_nonzero(finite)) - nan
+            if self.first_row < 0:
+                self.first_row = y0
+                log.warning("the output has NaN / inf values from row %d on; the run will fail at its end", y0)
+        if masked is not None:
+            block[:, masked] = scene.nodata
+        self.sink(y0, block)
+
+    def add(self, window: Window, tile: np.ndarray) -> None:
+        """Blend one window's output; after the scene's last window, emit the remaining rows and check them."""
+        self.blender.add(window, tile)
+        self.left -= 1
+        if self.left == 0:
+            self.blender.finish()
+            if self.nan or self.inf:
+                n = self.nan + self.inf
+                scene = self.scene
+                total = scene.height * scene.width * self.bands
+                self.error = NonFiniteOutputError(
+                    f"the network produced {n} non-finite values ({self.nan} NaN, {self.inf} infinite; "
+                    f"{n / total:.1%} of the {scene.height}x{scene.width}x{self.bands} output, from row "
+                    f"{self.first_row}): the output is refused; check the weights for NaN / inf and the input's "
+                    "value range"
+                )
 
 
 class Pipeline:
@@ -263,6 +336,7 @@ class Pipeline:
                                        f"{self.backend.bands}-band model")
         self.last_band_mapping = None
         self.last_plan: TilePlan | None = None
+        self.last_batches = 0
         self.last_timings: dict[str, float] = {}
 
     @classmethod
@@ -431,18 +505,19 @@ class Pipeline:
         self._check_bands(cube)
         return PreparedScene(cube, ref_rgb, self.resolve_scale(scale), self.rgb_bands, self.normalize, nodata=nodata)
 
-    def _host_batches(self, scene: PreparedScene, windows: list[Window], batch: int) -> Iterator[HostBatch]:
-        """The windows' inputs, computed on demand batch by batch (nothing of HR size is held); at each new row of
-        windows the LR pages the previous row read are unmapped (:meth:`PreparedScene.release_pages`)."""
-        row = None
-        for i in range(0, len(windows), batch):
-            group = windows[i:i + batch]
-            if group[0].y0 != row:
-                row = group[0].y0
-                scene.release_pages()
-            crops = [scene.window(w.y0, w.y1, w.x0, w.x1) for w in group]
-            inputs = tuple(np.stack([c[k] for c in crops]) for k in range(5))
-            yield HostBatch(inputs, group)
+    def _host_batches(self, runs: Sequence[_SceneRun], batch: int) -> Iterator[HostBatch]:
+        """The windows' inputs, computed on demand batch by batch (nothing of HR size is held). Windows of several
+        scenes share a batch when their window sizes agree: all windows of one size, scene after scene in order,
+        then the next size (each scene's windows stay in plan order, as its blender needs)."""
+        queues: dict[tuple[int, int], list[tuple[_SceneRun, Window]]] = {}
+        for run in runs:
+            queues.setdefault((run.plan.tile_h, run.plan.tile_w), []).extend((run, w) for w in run.plan.windows)
+        for items in queues.values():
+            for i in range(0, len(items), batch):
+                group = items[i:i + batch]
+                crops = [run.crop(w) for run, w in group]
+                inputs = tuple(np.stack([c[k] for c in crops]) for k in range(5))
+                yield HostBatch(inputs, group)
 
     def execute(self, scene: PreparedScene, sink: Callable[[int, np.ndarray], None]) -> TilePlan:
         """Run every window of ``scene`` and send finished output rows (C x n x W float32) to ``sink(y0, block)``.
@@ -450,59 +525,53 @@ class Pipeline:
         Raises :class:`~sschsr_deploy.errors.NonFiniteOutputError` at the end when any output value is NaN or
         infinite (NaN weights, an input range that overflows), with their count: such an output is never committed
         (``run_files`` writes into a temp file that is then deleted)."""
-        plan = self.plan(scene.height, scene.width)
-        self.last_plan = plan
+        (outcome,) = self.execute_many([scene], [sink])
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.plan
+
+    def execute_many(self, scenes: Sequence[PreparedScene],
+                     sinks: Sequence[Callable[[int, np.ndarray], None]]) -> list[SceneOutcome]:
+        """Run several scenes together: their windows share forward passes (``batch`` windows each) where their
+        window sizes agree — the serving path for requests queued together, which keeps a GPU busy with small
+        scenes. Each scene's rows go to its own sink, in order; a scene is finished (its last rows emitted) as soon as
+        its last window is blended.
+
+        Returns one :class:`SceneOutcome` per scene: its plan and, instead of raising, a
+        :class:`~sschsr_deploy.errors.NonFiniteOutputError` for a scene whose output had NaN / inf (the other scenes
+        are unaffected). An error of the backend itself (out of memory, a broken engine) propagates: every scene
+        of the call fails with it. ``self.last_plan`` is the last scene's plan; ``self.last_batches`` the number of
+        forward passes."""
+        if len(scenes) != len(sinks):
+            raise ValueError(f"{len(scenes)} scene(s) but {len(sinks)} sink(s)")
+        runs = [_SceneRun(self, scene, sink) for scene, sink in zip(scenes, sinks, strict=True)]
+        if runs:
+            self.last_plan = runs[-1].plan
         batch = self._effective_batch()
         if batch != self.batch:
             log.info("running %d window(s) per batch instead of %d (%s)", batch, self.batch,
                      "batch-statistics batch norm" if not self.backend.batch_independent
                      else f"the {self.backend.name} model's maximum batch")
-        log.info(
-            "%dx%d HR, %d window(s) of %dx%d (overlap %d, margin %d), batch %d, %s on %s",
-            scene.height, scene.width, len(plan), plan.tile_h, plan.tile_w, plan.overlap, plan.margin, batch,
-            self.backend.name, self.backend.device,
-        )
-        denorm = self.output_scale == "input"
-        bad = {"nan": 0, "inf": 0, "first_row": -1}
-
-        def emit(y0: int, block: np.ndarray) -> None:
-            if denorm:
-                block = scene.denormalize(block)
-            masked = scene.hr_mask(y0, y0 + block.shape[1])
-            if masked is not None:  # no-data pixels are not the network's to answer for: checked as 0, written back
-                block[:, masked] = 0.0
-            finite = np.isfinite(block)
-            if not finite.all():  # counted over the whole output; reported (and refused) at the end
-                nan = int(np.count_nonzero(np.isnan(block)))
-                bad["nan"] += nan
-                bad["inf"] += int(block.size - np.count_nonzero(finite)) - nan
-                if bad["first_row"] < 0:
-                    bad["first_row"] = y0
-                    log.warning("the output has NaN / inf values from row %d on; the run will fail at its end", y0)
-            if masked is not None:
-                block[:, masked] = scene.nodata
-            sink(y0, block)
-
-        blender = StreamingBlender(plan, self.backend.bands, emit)
-        # leave=None: kept on screen alone, cleared under a scenes bar (a folder run)
-        with tqdm(total=len(plan), unit="tile", desc="SSC-HSR", disable=self.quiet, dynamic_ncols=True,
-                  leave=None) as bar:
-            for group, out in self.executor.map(self._host_batches(scene, plan.windows, batch)):
-                with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are counted, not warned about
-                    for j, w in enumerate(group):
-                        blender.add(w, out[j])
-                bar.update(len(group))
-        with np.errstate(over="ignore", invalid="ignore"):
-            blender.finish()
-        if bad["nan"] or bad["inf"]:
-            n = bad["nan"] + bad["inf"]
-            total = scene.height * scene.width * self.backend.bands
-            raise NonFiniteOutputError(
-                f"the network produced {n} non-finite values ({bad['nan']} NaN, {bad['inf']} infinite; {n / total:.1%} "
-                f"of the {scene.height}x{scene.width}x{self.backend.bands} output, from row {bad['first_row']}): the "
-                "output is refused; check the weights for NaN / inf and the input's value range"
+        for run in runs:
+            plan, scene = run.plan, run.scene
+            log.info(
+                "%dx%d HR, %d window(s) of %dx%d (overlap %d, margin %d), batch %d, %s on %s",
+                scene.height, scene.width, len(plan), plan.tile_h, plan.tile_w, plan.overlap, plan.margin, batch,
+                self.backend.name, self.backend.device,
             )
-        return plan
+        total = sum(len(run.plan) for run in runs)
+        forward = 0
+        # leave=None: kept on screen alone, cleared under a scenes bar (a folder run)
+        with tqdm(total=total, unit="tile", desc="SSC-HSR", disable=self.quiet, dynamic_ncols=True,
+                  leave=None) as bar:
+            for group, out in self.executor.map(self._host_batches(runs, batch)):
+                forward += 1
+                with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are counted, not warned about
+                    for j, (run, w) in enumerate(group):
+                        run.add(w, out[j])
+                bar.update(len(group))
+        self.last_batches = forward
+        return [SceneOutcome(run.plan, run.error, len(run.plan)) for run in runs]
 
     # ------------------------------------------------------------------ in-memory API
     def run(
@@ -718,9 +787,10 @@ class Pipeline:
             self._model_info = self.backend.model_info()  # what the module or the exported file says
         return dict(self._model_info)
 
-    def describe(self) -> dict[str, Any]:
-        """Model, backend and tiling settings (the sidecar's core)."""
-        plan = self.last_plan.describe() if self.last_plan is not None else None
+    def describe(self, plan: TilePlan | None = None) -> dict[str, Any]:
+        """Model, backend and tiling settings (the sidecar's core); ``plan``: the scene's (default the last run's)."""
+        plan = plan if plan is not None else self.last_plan
+        plan = plan.describe() if plan is not None else None
         return {
             "model": self.model_info(),
             "precision": self.backend.precision,

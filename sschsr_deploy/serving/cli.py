@@ -46,7 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="model instances (per GPU with --device cuda); each runs one scene at a time (default 1)")
     model.add_argument("--tile", type=_tile, default="default",
                        help="window side in HR px, 'default', 'auto' or 'whole' (default: the pipeline's)")
-    model.add_argument("--batch", type=int, default=1, help="windows per forward pass (default 1)")
+    model.add_argument("--batch", type=int, default=None,
+                       help="windows per forward pass (default 1; with --batch-requests N: N)")
+    model.add_argument("--batch-requests", type=int, default=0, metavar="N",
+                       help="serve batched: up to N requests queued for an instance run together, their windows "
+                            "sharing forward passes (clients send a leading batch dimension; sschsr_deploy's Client "
+                            "adds it) — the throughput path for small scenes on a GPU (default 0: one scene per "
+                            "request and per run)")
     model.add_argument("--threads", type=int, default=0,
                        help="CPU threads per instance (default 0: the library's default; set it to cores / "
                             "--instances)")
@@ -57,8 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--min-lr-side", type=int, default=4,
                         help="refuse LR scenes with a side under this many pixels (default 4)")
     limits.add_argument("--max-queue-delay-us", type=int, default=0,
-                        help="Triton scheduler: max queue delay in microseconds (dynamic_batching; every scene still "
-                             "runs alone; default 0)")
+                        help="Triton scheduler: max queue delay in microseconds (dynamic_batching; with "
+                             "--batch-requests, how long a run waits for more requests to join it; default 0)")
     limits.add_argument("--queue-timeout-ms", type=int, default=0,
                         help="reject a request that waited in the queue longer than this (default 0: no timeout)")
     limits.add_argument("--max-queue-size", type=int, default=0,
@@ -87,7 +93,8 @@ def settings_from_args(args: argparse.Namespace) -> ModelSettings:
         raise InputValidationError("give --weights or --engine, not both")
     return ModelSettings(
         source=args.engine or args.weights or "tiny-x4", backend=args.backend, device=args.device,
-        instances=args.instances, tile=args.tile, batch=args.batch, threads=args.threads,
+        instances=args.instances, tile=args.tile, threads=args.threads,
+        batch=args.batch if args.batch is not None else max(1, args.batch_requests), batch_requests=args.batch_requests,
         max_megapixels=args.max_megapixels, min_lr_side=args.min_lr_side, scale=args.scale, gpus=args.gpus,
         max_queue_delay_us=args.max_queue_delay_us, queue_timeout_us=args.queue_timeout_ms * 1000,
         max_queue_size=args.max_queue_size, precision=getattr(args, "precision", None),

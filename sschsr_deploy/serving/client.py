@@ -4,6 +4,10 @@
 >>> with Client("127.0.0.1:8000") as client:                  # or Client("127.0.0.1:8001", protocol="grpc")
 ...     hr, meta = client.infer(lr, ref)                      # lr: h x w x C float32, ref: H x W x 3 uint8
 
+The client reads the model's config once: for a server started with ``--batch-requests`` (the batched interface,
+see :mod:`sschsr_deploy.serving.repository`) it adds and removes the leading batch dimension, so ``infer`` is the same
+call for both.
+
 A request the server refuses raises :class:`~sschsr_deploy.errors.InputValidationError` (HTTP 400 / gRPC
 INVALID_ARGUMENT: the server's one-line message) or :class:`ServingError` (anything else: server down, timeout,
 internal error). One client is one connection: use one client per thread.
@@ -37,9 +41,12 @@ class Client:
         protocol: ``"http"`` or ``"grpc"``.
         timeout: seconds a request may take (network and inference) before :class:`ServingError`.
         model: the model name (``sschsr``).
+        batched: whether the server runs the batched interface (``serve --batch-requests``); ``None`` (default): read
+            from the model's config at the first request.
     """
 
-    def __init__(self, url: str, protocol: str = "http", *, timeout: float = 300.0, model: str = MODEL_NAME) -> None:
+    def __init__(self, url: str, protocol: str = "http", *, timeout: float = 300.0, model: str = MODEL_NAME,
+                 batched: bool | None = None) -> None:
         protocol = protocol.lower()
         if protocol not in ("http", "grpc"):
             raise InputValidationError(f"protocol must be 'http' or 'grpc'; got {protocol!r}")
@@ -53,6 +60,7 @@ class Client:
                                f"'tritonclient[{protocol}]'): {exc}") from exc
         self._tc = tc
         self.url, self.protocol, self.timeout, self.model = url, protocol, float(timeout), model
+        self._batched = batched
         if protocol == "http":
             self._client = tc.InferenceServerClient(url, connection_timeout=self.timeout, network_timeout=self.timeout)
         else:
@@ -73,6 +81,22 @@ class Client:
             return False
 
     # ------------------------------------------------------------------ inference
+    @property
+    def batched(self) -> bool:
+        """The server takes a batch dimension (its model config's ``max_batch_size`` > 0); asked once."""
+        if self._batched is None:
+            try:
+                if self.protocol == "grpc":
+                    config = self._client.get_model_config(self.model, as_json=True).get("config", {})
+                else:
+                    config = self._client.get_model_config(self.model)
+            except self._tc.InferenceServerException as exc:
+                raise self._error(exc) from None
+            except (OSError, TimeoutError) as exc:
+                raise ServingError(f"{self.protocol}://{self.url}: {type(exc).__name__}: {exc}") from exc
+            self._batched = int(config.get("max_batch_size", 0) or 0) > 0
+        return self._batched
+
     def _input(self, name: str, array: np.ndarray, datatype: str) -> Any:
         tensor = self._tc.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array)
@@ -86,11 +110,19 @@ class Client:
         ref = np.asarray(ref)
         if ref.dtype != np.uint8:
             raise InputValidationError(f"the reference must be uint8 (H x W x 3); got {ref.dtype}")
-        inputs = [self._input("LR_HSI", lr, "FP32"), self._input("REF_RGB", np.ascontiguousarray(ref), "UINT8")]
-        if scale is not None:
-            inputs.append(self._input("SCALE", np.array([scale], dtype=np.int32), "INT32"))
-        if nodata is not None:
-            inputs.append(self._input("NODATA", np.array([nodata], dtype=np.float32), "FP32"))
+        ref = np.ascontiguousarray(ref)
+        batched = self.batched
+        scale_arr = None if scale is None else np.array([scale], dtype=np.int32)
+        nodata_arr = None if nodata is None else np.array([nodata], dtype=np.float32)
+        if batched:  # one scene: a batch of one
+            lr, ref = lr[None], ref[None]
+            scale_arr = None if scale_arr is None else scale_arr[None]
+            nodata_arr = None if nodata_arr is None else nodata_arr[None]
+        inputs = [self._input("LR_HSI", lr, "FP32"), self._input("REF_RGB", ref, "UINT8")]
+        if scale_arr is not None:
+            inputs.append(self._input("SCALE", scale_arr, "INT32"))
+        if nodata_arr is not None:
+            inputs.append(self._input("NODATA", nodata_arr, "FP32"))
         outputs = [self._tc.InferRequestedOutput("HR_HSI"), self._tc.InferRequestedOutput("METADATA")]
         try:
             if self.protocol == "grpc":
@@ -102,7 +134,10 @@ class Client:
         except (OSError, TimeoutError) as exc:
             raise ServingError(f"{self.protocol}://{self.url}: {type(exc).__name__}: {exc}") from exc
         hr = result.as_numpy("HR_HSI")
-        meta = json.loads(bytes(result.as_numpy("METADATA")).decode("utf-8"))
+        meta_bytes = result.as_numpy("METADATA")
+        if batched:
+            hr, meta_bytes = hr[0], meta_bytes[0]
+        meta = json.loads(bytes(meta_bytes).decode("utf-8"))
         return hr, meta
 
     def _error(self, exc: Any) -> SSCHSRError:

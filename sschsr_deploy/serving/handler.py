@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -99,29 +100,110 @@ class SceneHandler:
         return lr, ref, s
 
     def __call__(self, lr: Any, ref: Any, scale: Any = None, nodata: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """One scene: ``(hr, metadata)``; a refused scene raises (see :meth:`run_many`, which this is for one)."""
+        (result,) = self.run_many([(lr, ref, scale, nodata)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def run_many(self, items: Sequence[tuple[Any, Any, Any, Any]]
+                 ) -> list[tuple[np.ndarray, dict[str, Any]] | Exception]:
+        """Several scenes ``(lr, ref, scale, nodata)`` at once — the requests Triton queued for this instance: each is
+        checked and prepared on its own (a refused one gets its error, the others go on), then all run together
+        (:meth:`Pipeline.execute_many`: windows of equal size from different scenes share forward passes). Returns,
+        in order, ``(hr, metadata)`` or the exception that refused the scene (an error of the backend itself
+        raises: it would be every scene's)."""
+        from sschsr_deploy.errors import SSCHSRError
+        from sschsr_deploy.io.hsi import as_cube
+
         t0 = time.perf_counter()
-        scale = _scalar(scale, "SCALE", int)
-        nodata = _scalar(nodata, "NODATA", float)
-        lr, ref, s = self.check(lr, ref, scale)
-        run_nodata: float | str | None = None
-        if nodata is not None:
-            run_nodata = "nan" if math.isnan(nodata) else nodata
-        hr = self.pipeline.run(lr, ref, s, nodata=run_nodata)
-        hr = np.ascontiguousarray(hr, dtype=np.float32)
-        self.requests += 1
-        mapping = self.pipeline.last_band_mapping
-        meta = {
-            "lr_shape_hwc": list(lr.shape),
-            "hr_shape_hwc": list(hr.shape),
-            "scale": s,
-            "nodata": None if nodata is None else ("nan" if math.isnan(nodata) else nodata),
-            "band_mapping": None if mapping is None else mapping.describe(),
-            **self.pipeline.describe(),
-            "timings": {**self.pipeline.last_timings, "request_s": round(time.perf_counter() - t0, 4)},
-        }
-        return hr, meta
+        results: list[Any] = [None] * len(items)
+        ready: list[tuple[int, Any, dict[str, Any]]] = []
+        bands = self.pipeline.backend.bands
+        for i, (lr, ref, scale, nodata) in enumerate(items):
+            try:
+                scale = _scalar(scale, "SCALE", int)
+                nodata = _scalar(nodata, "NODATA", float)
+                lr, ref, s = self.check(lr, ref, scale)
+                run_nodata: float | str | None = None
+                if nodata is not None:
+                    run_nodata = "nan" if math.isnan(nodata) else nodata
+                scene = self.pipeline.prepare(as_cube(lr, "hwc", bands, "LR cube"), ref, s, nodata=run_nodata)
+                mapping = self.pipeline.last_band_mapping
+                ready.append((i, scene, {
+                    "lr_shape_hwc": list(lr.shape), "scale": s, "nodata": run_nodata,
+                    "band_mapping": None if mapping is None else mapping.describe()}))
+            except SSCHSRError as exc:
+                results[i] = exc
+        t1 = time.perf_counter()
+        outputs = [np.empty((scene.height, scene.width, bands), dtype=np.float32) for _, scene, _ in ready]
+
+        def sink_for(hr: np.ndarray) -> Any:
+            def sink(y0: int, block: np.ndarray) -> None:
+                hr[y0:y0 + block.shape[1]] = block.transpose(1, 2, 0)
+            return sink
+
+        outcomes = self.pipeline.execute_many([scene for _, scene, _ in ready], [sink_for(hr) for hr in outputs])
+        t2 = time.perf_counter()
+        together = {"scenes": len(ready), "requests_refused": len(items) - len(ready),
+                    "windows": sum(o.windows for o in outcomes), "forward_passes": self.pipeline.last_batches}
+        for (i, _, meta), hr, outcome in zip(ready, outputs, outcomes, strict=True):
+            if outcome.error is not None:
+                results[i] = outcome.error
+                continue
+            self.requests += 1
+            meta = {**meta, "hr_shape_hwc": list(hr.shape), **self.pipeline.describe(outcome.plan),
+                    "run_together": together,
+                    "timings": {"preprocess_s": round(t1 - t0, 4), "inference_s": round(t2 - t1, 4),
+                                "windows": outcome.windows, "request_s": round(time.perf_counter() - t0, 4)}}
+            results[i] = (hr, meta)
+        return results
 
     @staticmethod
     def encode_metadata(meta: dict[str, Any]) -> np.ndarray:
         """``meta`` as UTF-8 JSON bytes in a uint8 array (the ``METADATA`` output)."""
         return np.frombuffer(json.dumps(meta, default=str).encode("utf-8"), dtype=np.uint8).copy()
+
+    # ------------------------------------------------------------------ the batched interface (batch_requests > 0)
+    @staticmethod
+    def split_request(lr: Any, ref: Any, scale: Any = None, nodata: Any = None) -> list[tuple[Any, Any, Any, Any]]:
+        """A batched request's scenes: ``LR_HSI`` b x h x w x C, ``REF_RGB`` b x H x W x 3, ``SCALE`` / ``NODATA``
+        b x 1 → b items for :meth:`run_many` (each scene's arrays without the batch dimension)."""
+        lr, ref = np.asarray(lr), np.asarray(ref)
+        if lr.ndim != 4:
+            raise InputValidationError(
+                f"LR_HSI must be b x h x w x C (rank 4: the server batches requests); got shape {list(lr.shape)}")
+        if ref.ndim != 4:
+            raise InputValidationError(
+                f"REF_RGB must be b x H x W x 3 (rank 4: the server batches requests); got shape {list(ref.shape)}")
+        b = lr.shape[0]
+        for name, value in (("REF_RGB", ref), ("SCALE", scale), ("NODATA", nodata)):
+            arr = None if value is None else np.asarray(value)
+            if arr is not None and arr.shape[:1] != (b,):
+                raise InputValidationError(f"{name} has shape {list(arr.shape)} but LR_HSI holds {b} scene(s): every "
+                                           "input needs the same batch size")
+        return [(lr[k], ref[k], None if scale is None else np.asarray(scale)[k],
+                 None if nodata is None else np.asarray(nodata)[k]) for k in range(b)]
+
+    @staticmethod
+    def join_results(results: Sequence[tuple[np.ndarray, dict[str, Any]] | Exception]
+                     ) -> tuple[np.ndarray, np.ndarray] | Exception:
+        """One batched request's answer from its scenes' results: ``HR_HSI`` b x H x W x C and ``METADATA`` b x n
+        (each scene's JSON padded with spaces to the longest), or the first refused scene's error (the request
+        fails as a whole; its message names the scene when the request had several)."""
+        for k, result in enumerate(results):
+            if isinstance(result, Exception):
+                if len(results) == 1:
+                    return result
+                message = f"scene {k} of the request's {len(results)}: {one_line(result)}"
+                try:
+                    return type(result)(message)
+                except TypeError:  # an exception type with another constructor
+                    return InputValidationError(message)
+        hrs = [hr for hr, _ in results]  # type: ignore[misc]
+        metas = [SceneHandler.encode_metadata(meta) for _, meta in results]  # type: ignore[misc]
+        width = max(len(m) for m in metas)
+        meta_rows = np.full((len(metas), width), ord(" "), dtype=np.uint8)
+        for k, m in enumerate(metas):
+            meta_rows[k, :len(m)] = m
+        return np.stack(hrs), meta_rows

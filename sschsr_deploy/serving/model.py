@@ -30,7 +30,8 @@ def _settings(args: dict[str, Any]) -> Any:
 
 
 class TritonPythonModel:
-    """One instance per Triton model instance (its own process): one loaded pipeline, one scene at a time."""
+    """One instance per Triton model instance (its own process): one loaded pipeline; one scene at a time, or (batched
+    serving) every queued request's scenes together."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
@@ -44,6 +45,7 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
         self.handler = SceneHandler.from_settings(settings, device)
+        self.batched = settings.batch_requests > 0
         self.name = args.get("model_instance_name", "sschsr")
         import sschsr_deploy
 
@@ -64,27 +66,71 @@ class TritonPythonModel:
 
         return self.pb.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        from sschsr_deploy.errors import SSCHSRError
-        from sschsr_deploy.serving.handler import SceneHandler, one_line
+    def _inputs(self, request: Any) -> tuple[Any, Any, Any, Any]:
+        return tuple(self._input(request, name) for name in ("LR_HSI", "REF_RGB", "SCALE", "NODATA"))  # type: ignore
 
+    def execute(self, requests: list[Any]) -> list[Any]:
+        from sschsr_deploy.serving.handler import SceneHandler
+
+        if self.batched:
+            return self._execute_batched(requests)
         responses = []
         for request in requests:
             try:
-                hr, meta = self.handler(self._input(request, "LR_HSI"), self._input(request, "REF_RGB"),
-                                        self._input(request, "SCALE"), self._input(request, "NODATA"))
+                hr, meta = self.handler(*self._inputs(request))
                 meta["server"] = {"instance": self.name, "package": self.package}
                 outputs = [self._output("HR_HSI", hr), self._output("METADATA", SceneHandler.encode_metadata(meta))]
                 responses.append(self.pb.InferenceResponse(output_tensors=outputs))
-            except SSCHSRError as exc:  # the client's to fix: one line, INVALID_ARG where the backend can say so
-                responses.append(self._error(one_line(exc), invalid=True))
-            except MemoryError as exc:
-                responses.append(self._error(f"out of memory: {one_line(exc)}", invalid=False))
             except Exception as exc:
-                traceback.print_exc(file=sys.stderr)
-                responses.append(self._error(f"internal error: {type(exc).__name__}: {one_line(exc)}", invalid=False))
+                responses.append(self._failure(exc))
         gc.collect(0)
         return responses
+
+    def _execute_batched(self, requests: list[Any]) -> list[Any]:
+        """Every queued request's scenes run together (``SceneHandler.run_many``), then one response per request."""
+        from sschsr_deploy.serving.handler import SceneHandler
+
+        split: list[Any] = []
+        for request in requests:
+            try:
+                split.append(SceneHandler.split_request(*self._inputs(request)))
+            except Exception as exc:
+                split.append(exc)
+        items = [item for scenes in split if isinstance(scenes, list) for item in scenes]
+        try:
+            results = self.handler.run_many(items)
+        except Exception as exc:  # the backend failed: every request of the call fails with it
+            results = [exc] * len(items)
+        responses, k = [], 0
+        for scenes in split:
+            if isinstance(scenes, Exception):
+                responses.append(self._failure(scenes))
+                continue
+            mine, k = results[k:k + len(scenes)], k + len(scenes)
+            for result in mine:
+                if not isinstance(result, Exception):
+                    result[1]["server"] = {"instance": self.name, "package": self.package}
+            joined = SceneHandler.join_results(mine)
+            if isinstance(joined, Exception):
+                responses.append(self._failure(joined))
+            else:
+                outputs = [self._output("HR_HSI", joined[0]), self._output("METADATA", joined[1])]
+                responses.append(self.pb.InferenceResponse(output_tensors=outputs))
+        gc.collect(0)
+        return responses
+
+    def _failure(self, exc: Exception) -> Any:
+        """The error response for ``exc``: ours (the client's to fix) as INVALID_ARG with its one line; anything
+        else as an internal error, its traceback in the server log."""
+        from sschsr_deploy.errors import SSCHSRError
+        from sschsr_deploy.serving.handler import one_line
+
+        if isinstance(exc, SSCHSRError):
+            return self._error(one_line(exc), invalid=True)
+        if isinstance(exc, MemoryError):
+            return self._error(f"out of memory: {one_line(exc)}", invalid=False)
+        traceback.print_exception(exc, file=sys.stderr)
+        return self._error(f"internal error: {type(exc).__name__}: {one_line(exc)}", invalid=False)
 
     def _error(self, message: str, invalid: bool) -> Any:
         error_cls = self.pb.TritonError

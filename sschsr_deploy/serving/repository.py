@@ -14,6 +14,14 @@ name          datatype  shape         meaning
 ``METADATA``  UINT8     [n]           output: UTF-8 JSON of the run (model, backend, tiling, timings, shapes)
 ============  ========  ============  ===========================================================================
 
+With ``batch_requests`` N > 0 (``serve --batch-requests N``) the model is served *batched*: ``max_batch_size: N``,
+every tensor gains a leading batch dimension (``LR_HSI`` [b, h, w, C], ``REF_RGB`` [b, H, W, 3], ``SCALE`` /
+``NODATA`` [b, 1], ``HR_HSI`` [b, H, W, C], ``METADATA`` [b, n], each scene's JSON padded with spaces to the longest),
+``LR_HSI`` / ``REF_RGB`` are ragged (``allow_ragged_batch``: requests of different sizes are queued together) and
+Triton's dynamic batcher hands an instance every request queued for it (up to N scenes) in one ``execute``, where
+their windows share forward passes (:meth:`SceneHandler.run_many`). A request of b > 1 scenes needs them all of one
+size (one tensor). The unbatched interface (the default) is the one above.
+
 The server-side settings (model source, backend, tile, limits…) travel to ``model.py`` as the config's
 ``parameters`` (strings); :class:`ModelSettings` writes and :meth:`ModelSettings.from_parameters` reads them.
 """
@@ -64,8 +72,11 @@ class ModelSettings:
         min_lr_side: LR scenes with a side below this are refused.
         scale: the scale of an official ``.pth`` (weights only).
         gpus: GPU ids of the instance group (``device="cuda"``; ``None``: all).
-        max_queue_delay_us / queue_timeout_us / max_queue_size: Triton's scheduler queue (``dynamic_batching``;
-            every request is still run on its own: ``max_batch_size`` is 0). 0 = unset.
+        max_queue_delay_us / queue_timeout_us / max_queue_size: Triton's scheduler queue (``dynamic_batching``).
+            0 = unset.
+        batch_requests: 0 (default): one scene per request and per ``execute`` (``max_batch_size: 0``); N > 0: the
+            batched interface (module docstring): up to N queued scenes run together, ``batch`` windows per forward
+            pass across them (the throughput path for small scenes on a GPU; measured in docs/serving.md).
         sys_path: folders prepended to ``sys.path`` of the backend's Python (where ``sschsr_deploy`` is found).
         precision: the :class:`~sschsr_deploy.runtime.Pipeline`'s ``precision`` (torch: fp32 / bf16 / fp16; an
             exported model: the precision it must have; ``None``: fp32 / the export's own).
@@ -85,6 +96,7 @@ class ModelSettings:
     max_queue_delay_us: int = 0
     queue_timeout_us: int = 0
     max_queue_size: int = 0
+    batch_requests: int = 0
     sys_path: list[str] = field(default_factory=list)
     precision: str | None = None
 
@@ -98,7 +110,8 @@ class ModelSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputValidationError(f"{name} must be a positive integer; got {value!r}")
-        for name in ("threads", "min_lr_side", "max_queue_delay_us", "queue_timeout_us", "max_queue_size"):
+        for name in ("threads", "min_lr_side", "max_queue_delay_us", "queue_timeout_us", "max_queue_size",
+                     "batch_requests"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InputValidationError(f"{name} must be a non-negative integer; got {value!r}")
@@ -135,10 +148,13 @@ def _dims(shape: tuple[int, ...]) -> str:
 
 def model_config(settings: ModelSettings) -> str:
     """The ``config.pbtxt`` text for ``settings``."""
-    lines = [f'name: "{MODEL_NAME}"', 'backend: "python"', "max_batch_size: 0", "input ["]
+    batched = settings.batch_requests > 0
+    lines = [f'name: "{MODEL_NAME}"', 'backend: "python"', f"max_batch_size: {settings.batch_requests}", "input ["]
     items = []
     for name, (dtype, shape, optional) in INPUTS.items():
         opt = " optional: true" if optional else ""
+        if batched and -1 in shape:  # scenes of different sizes queue together; model.py splits them
+            opt += " allow_ragged_batch: true"
         items.append(f'  {{ name: "{name}" data_type: TYPE_{dtype} dims: {_dims(shape)}{opt} }}')
     lines += [",\n".join(items), "]", "output ["]
     lines.append(",\n".join(f'  {{ name: "{n}" data_type: TYPE_{d} dims: {_dims(s)} }}'
@@ -149,7 +165,7 @@ def model_config(settings: ModelSettings) -> str:
     else:
         gpus = f" gpus: {_dims(tuple(settings.gpus))}" if settings.gpus else ""
         lines.append(f"instance_group [ {{ count: {settings.instances} kind: KIND_GPU{gpus} }} ]")
-    if settings.max_queue_delay_us or settings.queue_timeout_us or settings.max_queue_size:
+    if batched or settings.max_queue_delay_us or settings.queue_timeout_us or settings.max_queue_size:
         queue = []
         if settings.queue_timeout_us:
             queue.append(f"timeout_action: REJECT default_timeout_microseconds: {settings.queue_timeout_us} "
