@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sschsr_deploy import cli
+from sschsr_deploy import cli, infer_command
 from sschsr_deploy.batch import is_complete
 from sschsr_deploy.cli import main
 from sschsr_deploy.io.atomic import sidecar_path
@@ -76,19 +76,19 @@ def _final_names(folder):
 
 def test_folders_run_every_scene_with_one_model(scenes, tmp_path, capsys, monkeypatch):
     loads = []
-    real_load = cli._load_infer_model
+    real_load = infer_command._load_infer_model
 
     def counting_load(args):
         loads.append(args.weights)
         return real_load(args)
 
-    monkeypatch.setattr(cli, "_load_infer_model", counting_load)
+    monkeypatch.setattr(infer_command, "_load_infer_model", counting_load)
     out = tmp_path / "out"  # created by the run
     assert main(_folder_args(scenes / "lr", scenes / "rgb", out)) == 0
     assert loads == ["tiny-x4"]  # one model for the three scenes
     stdout = capsys.readouterr().out
     assert "3 scene(s): 3 done, 0 skipped, 0 failed (" in stdout
-    summary = json.loads((out / cli.SUMMARY_NAME).read_text())  # the default summary of a folder run
+    summary = json.loads((out / infer_command.SUMMARY_NAME).read_text())  # the default summary of a folder run
     assert summary["counts"] == {"done": 3}
     assert [Path(s["out"]).name for s in summary["scenes"]] == ["a.npy", "b.npy", "c.npy"]
     assert all(s["timings"]["total_s"] > 0 and s["seconds"] > 0 for s in summary["scenes"])
@@ -155,11 +155,11 @@ def test_resume_after_sigkill_skips_the_finished_scene(scenes, tmp_path, capsys)
     assert any(".partial" in p for p in os.listdir(out))
     before = (out / "a.npy").stat()
     assert main(_folder_args(scenes / "lr", scenes / "rgb", out, "--quiet")) == 0
-    assert _statuses(out / cli.SUMMARY_NAME) == ["skipped", "done", "done"]
+    assert _statuses(out / infer_command.SUMMARY_NAME) == ["skipped", "done", "done"]
     after = (out / "a.npy").stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
     assert _final_names(out) == ["a.npy", "a.npy.json", "b.npy", "b.npy.json", "c.npy", "c.npy.json",
-                                 cli.SUMMARY_NAME]  # the dead run's temp file removed
+                                 infer_command.SUMMARY_NAME]  # the dead run's temp file removed
     assert all(is_complete(out / f"{n}.npy") for n in NAMES)
     capsys.readouterr()
 
@@ -197,7 +197,7 @@ def test_keep_going_runs_the_others_and_exits_1(scenes, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(_folder_args(lr, rgb, out, "--keep-going")) == 1
     captured = capsys.readouterr()
-    summary_path = out / cli.SUMMARY_NAME
+    summary_path = out / infer_command.SUMMARY_NAME
     assert _error_lines(captured.err) == [f"sschsr-deploy: error: 1 of 3 scene(s) failed; see {summary_path}"]
     assert "3 scene(s): 2 done, 0 skipped, 1 failed (" in captured.out
     data = json.loads(summary_path.read_text())
@@ -214,9 +214,9 @@ def test_without_keep_going_the_first_failure_ends_the_run(scenes, tmp_path, cap
     lines = _error_lines(err)
     assert len(lines) == 1 and "Traceback" not in err
     assert lines[0].startswith("sschsr-deploy: error: scene b.npy: ")
-    assert lines[0].endswith(f"; 1 of 3 scene(s) complete (summary: {out / cli.SUMMARY_NAME})")
-    assert _statuses(out / cli.SUMMARY_NAME) == ["done", "failed", "not run"]
-    assert _final_names(out) == ["a.npy", "a.npy.json", cli.SUMMARY_NAME]
+    assert lines[0].endswith(f"; 1 of 3 scene(s) complete (summary: {out / infer_command.SUMMARY_NAME})")
+    assert _statuses(out / infer_command.SUMMARY_NAME) == ["done", "failed", "not run"]
+    assert _final_names(out) == ["a.npy", "a.npy.json", infer_command.SUMMARY_NAME]
 
 
 # ----------------------------------------------------------------------------------------------------- manifests
@@ -303,13 +303,13 @@ def test_options_reach_run_files_only_when_given(tmp_path):
     """--nodata, --band-mapping and --out-layout are passed to run_files only when set (a pipeline that does not
     know them yet keeps working); in folder mode they become every scene's options, --format picks the extension."""
     parse = cli._build_parser().parse_args
+    run_options = infer_command._run_options
     base = ["infer", "--hsi", "a.npy", "--ref", "a.png", "--out", "o.npy"]
-    assert cli._run_options(parse(base)) == {"format": None, "variable": None, "hsi_layout": None,
-                                             "out_variable": "hsi"}
-    options = cli._run_options(parse([*base, "--nodata", "-9999", "--band-mapping", "gaussian", "--out-layout", "bil"]))
+    assert run_options(parse(base)) == {"format": None, "variable": None, "hsi_layout": None, "out_variable": "hsi"}
+    options = run_options(parse([*base, "--nodata", "-9999", "--band-mapping", "gaussian", "--out-layout", "bil"]))
     assert (options["nodata"], options["band_mapping"], options["out_layout"]) == (-9999.0, "gaussian", "bil")
-    assert cli._run_options(parse([*base, "--nodata", "NaN", "--band-mapping", "auto"]))["nodata"] == "nan"
-    assert "band_mapping" not in cli._run_options(parse([*base, "--band-mapping", "auto"]))
+    assert run_options(parse([*base, "--nodata", "NaN", "--band-mapping", "auto"]))["nodata"] == "nan"
+    assert "band_mapping" not in run_options(parse([*base, "--band-mapping", "auto"]))
 
     for d in ("lr", "rgb"):
         (tmp_path / d).mkdir()
@@ -320,6 +320,6 @@ def test_options_reach_run_files_only_when_given(tmp_path):
     for fmt, name in expected.items():
         args = parse(["infer", "--hsi", str(tmp_path / "lr"), "--ref", str(tmp_path / "rgb"), "--out",
                       str(tmp_path / "out"), "--format", fmt, "--scale", "4", "--nodata", "0"])
-        (job,), summary = cli._infer_jobs(args, cli._infer_mode(args))
-        assert job.out == tmp_path / "out" / name and summary == tmp_path / "out" / cli.SUMMARY_NAME
+        (job,), summary = infer_command._infer_jobs(args, infer_command.infer_mode(args))
+        assert job.out == tmp_path / "out" / name and summary == tmp_path / "out" / infer_command.SUMMARY_NAME
         assert job.options == {"format": fmt, "out_variable": "hsi", "nodata": 0.0, "scale": 4}
