@@ -56,6 +56,32 @@ _EXPORT_DTYPE: contextvars.ContextVar[torch.dtype | None] = contextvars.ContextV
 # (device type, dtype) of the autocast an enclosing island switched off, for the reduced regions inside it
 _OUTER_AUTOCAST: contextvars.ContextVar[tuple[str, torch.dtype] | None] = contextvars.ContextVar(
     "sschsr_outer_autocast", default=None)
+# the same while torch.compile traces: Dynamo cannot trace ContextVar.set (every island would break the graph), but it
+# replays the mutation of a plain list; only the tracing thread touches it
+_TRACED_OUTER: list[tuple[str, torch.dtype] | None] = []
+
+
+def _outer_autocast() -> tuple[str, torch.dtype] | None:
+    if torch.compiler.is_compiling():
+        return _TRACED_OUTER[-1] if _TRACED_OUTER else None
+    return _OUTER_AUTOCAST.get()
+
+
+@contextlib.contextmanager
+def _outer_set(value: tuple[str, torch.dtype] | None) -> Iterator[None]:
+    """``value`` as the enclosing island's autocast for the duration (a ContextVar, or the traced list)."""
+    if torch.compiler.is_compiling():
+        _TRACED_OUTER.append(value)
+        try:
+            yield
+        finally:
+            _TRACED_OUTER.pop()
+        return
+    token = _OUTER_AUTOCAST.set(value)
+    try:
+        yield
+    finally:
+        _OUTER_AUTOCAST.reset(token)
 
 
 @contextlib.contextmanager
@@ -95,12 +121,8 @@ def _island_call(fn: Callable[..., Any], args: tuple, kwargs: dict, out_like: to
     device = first.device.type
     if not torch.is_autocast_enabled(device):
         return fn(*args, **kwargs)
-    token = _OUTER_AUTOCAST.set((device, torch.get_autocast_dtype(device)))
-    try:
-        with torch.autocast(device, enabled=False):
-            return fn(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
-    finally:
-        _OUTER_AUTOCAST.reset(token)
+    with _outer_set((device, torch.get_autocast_dtype(device))), torch.autocast(device, enabled=False):
+        return fn(*_cast_floats(args, torch.float32), **_cast_floats(kwargs, torch.float32))
 
 
 def _reduced_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
@@ -108,16 +130,12 @@ def _reduced_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
     low = _EXPORT_DTYPE.get()
     if low is not None:
         return _cast_floats(fn(*_cast_floats(args, low), **_cast_floats(kwargs, low)), torch.float32)
-    outer = _OUTER_AUTOCAST.get()
+    outer = _outer_autocast()
     if outer is None:  # not inside an island that switched autocast off: nothing to undo
         return fn(*args, **kwargs)
     device, dtype = outer
-    token = _OUTER_AUTOCAST.set(None)
-    try:
-        with torch.autocast(device, dtype=dtype):
-            return _cast_floats(fn(*args, **kwargs), torch.float32)
-    finally:
-        _OUTER_AUTOCAST.reset(token)
+    with _outer_set(None), torch.autocast(device, dtype=dtype):
+        return _cast_floats(fn(*args, **kwargs), torch.float32)
 
 
 def float32_island(op: Callable[..., Any] | None = None, *, out_like: int | None = 0) -> Any:

@@ -18,7 +18,12 @@ class TorchBackend(Backend):
     """Eager PyTorch (``torch.inference_mode``), optionally through ``torch.compile``.
 
     The model is put in ``eval()`` mode and moved to ``device``. ``compile=True`` wraps it in ``torch.compile``
-    (dynamic=False: the pipeline feeds one window shape, plus possibly a smaller last batch).
+    (dynamic=False: the pipeline feeds one window shape, plus possibly a smaller last batch) with Inductor's
+    *freezing* (the weights become constants: convolutions pre-packed for oneDNN with their elementwise epilogues
+    fused; change the weights and build a new backend). The whole forward is one graph, float32 islands included
+    (:mod:`sschsr_deploy.precision`; tested: no graph break). Measured on the official preset at 256² on 2 CPU
+    cores: 1.19x (bf16 channels-last) and 1.22x (fp32 channels-last) faster than eager, after 2-3 minutes of
+    compilation per window shape and process — for servers and long runs, not for one small scene.
 
     ``check_inputs=False`` (default) skips the model's own input validation during :meth:`run`: the pipeline has
     already validated sizes and finiteness, and the model's ``isfinite(...).all()`` checks would force a host-device
@@ -55,7 +60,7 @@ class TorchBackend(Backend):
         self.batch_independent = getattr(model, "batchnorm_mode", "running") != "batch"
         self.compiled = bool(compile)
         self.check_inputs = bool(check_inputs)
-        self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._fn = torch.compile(self.model, dynamic=False, options={"freezing": True}) if compile else self.model
 
     def run(self, *inputs: Tensor) -> Tensor:
         previous = getattr(self.model, "validate_inputs", True)

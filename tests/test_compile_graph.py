@@ -1,0 +1,59 @@
+"""``torch.compile`` sees the whole forward as one graph, float32 islands included (sschsr_deploy.precision): a graph
+break splits Inductor's fusion and freezing at every island (there were 81 in the official preset before the islands
+stopped setting a ContextVar under tracing). Dynamo only traces here (``explain``), nothing is compiled."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sschsr_deploy.model import SSCHSR
+
+
+@pytest.fixture(scope="module")
+def tiny_and_inputs():
+    torch.manual_seed(0)
+    model = SSCHSR.from_preset("tiny").eval()
+    model.validate_inputs = False
+    g = torch.Generator().manual_seed(1)
+    size = 128
+    inputs = (torch.rand(1, model.config.bands, size, size, generator=g),
+              *(torch.rand(1, 3, size, size, generator=g) for _ in range(4)))
+    return model, inputs
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_forward_is_one_graph(tiny_and_inputs, autocast):
+    model, inputs = tiny_and_inputs
+    torch._dynamo.reset()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        explained = torch._dynamo.explain(model)(*inputs)
+    reasons = sorted({str(b.reason).splitlines()[0] for b in explained.break_reasons})
+    assert explained.graph_break_count == 0, reasons
+    assert explained.graph_count == 1
+
+
+def test_islands_still_switch_precision_in_eager(tiny_and_inputs):
+    """The traced path did not change eager autocast: a float32 island inside bf16 autocast still computes in
+    float32 and its reduced region in bf16 (the nested marks read the enclosing island's dtype)."""
+    from sschsr_deploy.precision import float32_island, reduced_precision_module
+
+    seen = []
+
+    @reduced_precision_module
+    class Inner(torch.nn.Module):
+        def forward(self, x):
+            y = torch.nn.functional.linear(x, torch.ones(4, 4))
+            seen.append(("inner", y.dtype))
+            return y
+
+    inner = Inner()
+
+    @float32_island
+    def island(x):
+        seen.append(("island", torch.nn.functional.linear(x, torch.ones(4, 4)).dtype))
+        return inner(x)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = island(torch.rand(2, 4))
+    assert seen == [("island", torch.float32), ("inner", torch.bfloat16)] and out.dtype == torch.float32
