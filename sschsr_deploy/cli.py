@@ -273,9 +273,9 @@ def _setup_logging(args: argparse.Namespace | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 = success)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from sschsr_deploy.malloc_arenas import limit_malloc_arenas
+    from sschsr_deploy.allocator import tune_allocator
 
-    limit_malloc_arenas()  # before torch starts its threads: freed memory is reused, peak RSS stays flat
+    tune_allocator()  # before torch starts its threads: few arenas, large blocks reused (allocator.py)
     debug = "--debug" in argv
     try:
         args = _build_parser().parse_args(argv)

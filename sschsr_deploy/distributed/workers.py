@@ -40,6 +40,9 @@ class SceneWorker:
     sees the real exception, not a dead actor)."""
 
     def __init__(self, spec: ModelSpec) -> None:
+        from sschsr_deploy.allocator import tune_allocator
+
+        self.allocator = tune_allocator()  # an actor is a process of ours: the CLI's allocator settings
         self.spec = spec
         self.error: BaseException | None = None
         self.pipe = None

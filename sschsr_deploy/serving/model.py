@@ -37,6 +37,9 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         settings = _settings(args)  # first: it puts the package's folder on sys.path
+        from sschsr_deploy.allocator import tune_allocator
+
+        tune_allocator()  # an instance is a process of ours: the CLI's allocator settings (allocator.py)
 
         from sschsr_deploy.serving.handler import SceneHandler
 
