@@ -13,17 +13,33 @@ path's, next to the official code's over ours measured side by side in the profi
 **Our side**, on the same official-preset network (weights: the golden fixtures' deterministic rule, seed 0;
 batch-statistics batch norm as in the official test), HR windows of N² (LR N/4), one window per forward:
 
-- ``torch`` fp32 (native kernels), fp32 channels-last, bf16 autocast (float32 islands), bf16 channels-last;
+- ``torch`` fp32 (native kernels), fp32 channels-last, bf16 autocast (float32 islands), bf16 channels-last; with
+  ``--compiled`` also fp32 / bf16 channels-last through ``torch.compile`` (Inductor, freezing; the first call
+  compiles, 2-3 minutes at 256² on 2 cores: ``compile_s``);
 - ``onnxruntime`` fp32 (standard-op export), int8 (that export quantized: QDQ, decoder + HSI-encoder convolutions,
   calibrated on ``--calibration-scenes`` held-out synthetic scenes), and with ``--fp16`` the fp16 export.
 
-Each round times every configuration once, in a rotated order (under load eager PyTorch slows more than ONNX
-Runtime; the profile measured a non-interleaved comparison off by 3.7×); the ratio reported is the median of the
-per-round ratios official / config. The output of each configuration is compared with the stand-in's
-(``rel_l2_vs_official_fp32``). ``--throughput`` adds the 2-core question: one window at a time on two threads
-(intra-op) or two windows in flight on one thread each (inter-op), for ONNX Runtime fp32 / int8 and torch fp32.
+**One process per configuration.** The package's command line and server processes set glibc's allocator at start
+(:func:`sschsr_deploy.allocator.tune_allocator`: two heap arenas, large blocks kept for reuse instead of mmapped
+afresh on every forward pass), and that setting is process-wide; the official code's process runs with glibc's
+defaults. So each configuration runs in its own worker process (``spawn``), set up as it would be in use: ours with
+``tune_allocator()`` applied first thing (before torch is imported), the stand-in with glibc's defaults; each row
+records it (``allocator``). A worker builds its runner once (exports are made and cached in ``--workdir`` by the main
+process first), times its first call (``first_call_s``; ``compile_s`` for the compiled ones), runs golden case A at
+128², then times one call per command; after each call, outside the timed region, it collects garbage. Freed memory
+stays with the worker, as in a process serving windows back to back (``--trim`` hands it back with ``malloc_trim``
+after each call — for runs whose idle workers would not fit in memory together; it makes every configuration slower,
+the stand-in included: the next call page-faults it in again). Only one worker runs at a time, so they never share the
+cores.
 
-    python benchmarks/bench_vs_official.py --sizes 128 256 --rounds 5 [--throughput] [--publish]
+Each round times every configuration once, in a rotated order (round r starts at configuration r mod n: under load
+eager PyTorch slows more than ONNX Runtime; the profile measured a non-interleaved comparison off by 3.7×); the ratio
+reported is the median of the per-round ratios official / config. The output of each configuration is compared with
+the stand-in's (``rel_l2_vs_official_fp32``). ``--throughput`` adds the 2-core question, in the main process: one
+window at a time on two threads (intra-op) or two windows in flight on one thread each (inter-op), for ONNX Runtime
+fp32 / int8 and torch fp32.
+
+    python benchmarks/bench_vs_official.py --sizes 128 256 --rounds 5 [--compiled] [--throughput] [--publish]
     python benchmarks/bench_vs_official.py --sizes 512 --rounds 2 --merge      # adds 512² to the same JSON
 
 Writes ``vs_official_cpu.json`` (+ ``vs_official_cpu.png``); exports are cached in ``--workdir``.
@@ -33,8 +49,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import json
+import multiprocessing
+import os
 import statistics
 import sys
 import threading
@@ -43,8 +63,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+#: set by the main process in the environment of a worker it starts for one of OUR configurations (never the
+#: stand-in's): the worker applies the package's process setup when it loads this module, before torch and numpy
+_TUNED_WORKER = "SSCHSR_VS_OFFICIAL_TUNED_WORKER"
+
+
+def _tune_allocator_early() -> dict[str, bool] | None:
+    """:func:`sschsr_deploy.allocator.tune_allocator`, applied before torch is imported: ``allocator.py`` (ctypes and
+    os only) loaded on its own, as importing the package imports torch. None where it cannot be found (the worker
+    then applies it later, through the package)."""
+    import importlib.util
+
+    try:
+        package = importlib.util.find_spec("sschsr_deploy")  # finds the package without importing it
+        path = Path(next(iter(package.submodule_search_locations))) / "allocator.py"
+        spec = importlib.util.spec_from_file_location("_sschsr_allocator_early", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.tune_allocator()
+    except Exception:
+        return None
+
+
+_ALLOCATOR = _tune_allocator_early() if os.environ.pop(_TUNED_WORKER, "") == "1" else None
+
+import numpy as np  # noqa: E402 - after the worker's allocator setup
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
@@ -64,7 +108,10 @@ OFFICIAL = "official (stand-in)"
 #: official code / our torch path, measured side by side (shared/reference/performance-profile.md)
 PROFILE_OFFICIAL_OVER_TORCH = {128: 1.28, 256: 1.34, 512: 1.6}
 CONFIGS = ("torch fp32", "torch fp32 channels-last", "torch bf16", "torch bf16 channels-last",
+           "torch fp32 channels-last compiled", "torch bf16 channels-last compiled",
            "onnxruntime fp32", "onnxruntime int8", "onnxruntime fp16")
+#: run only when asked (--compiled, or named in --configs): their first call compiles for minutes
+COMPILED = tuple(c for c in CONFIGS if c.endswith(" compiled"))
 
 
 def official_model(batchnorm_mode: str = "batch") -> torch.nn.Module:
@@ -90,8 +137,8 @@ def scene_inputs(size: int, bands: int, seed: int = 0) -> tuple[torch.Tensor, ..
                  for a in prepare_inputs(s.lr_hsi, s.ref_rgb, 4).as_tuple())
 
 
-def _torch_runner(model: torch.nn.Module, precision: str, channels_last: bool, reference: bool = False
-                  ) -> Callable[[tuple], np.ndarray]:
+def _torch_runner(model: torch.nn.Module, precision: str, channels_last: bool, reference: bool = False,
+                  compile: bool = False) -> Callable[[tuple], np.ndarray]:
     from sschsr_deploy.runtime.torch_backend import TorchBackend
 
     if reference:
@@ -99,13 +146,14 @@ def _torch_runner(model: torch.nn.Module, precision: str, channels_last: bool, r
             with torch.inference_mode(), forced_backends(**REFERENCE_OPS):
                 return model(*inputs).numpy()
         return run
-    backend = TorchBackend(model, precision=precision, channels_last=channels_last)
+    backend = TorchBackend(model, precision=precision, channels_last=channels_last, compile=compile)
     return lambda inputs: backend.run(*inputs).numpy()
 
 
-def _export(model: torch.nn.Module, size: int, precision: str, workdir: Path,
+def _export(model: torch.nn.Module | Callable[[], torch.nn.Module], size: int, precision: str, workdir: Path,
             calibration_scenes: int) -> tuple[Path, dict[str, Any]]:
-    """The exported (and for int8 quantized) official preset at N², cached in ``workdir``."""
+    """The exported (and for int8 quantized) official preset at N², cached in ``workdir``; ``model`` may be a function
+    that builds it (called only when the file has to be exported)."""
     from sschsr_deploy.engine.onnx import INPUT_NAMES, export_onnx
     from sschsr_deploy.engine.quantize import calibration_feeds, quantize_int8
 
@@ -118,6 +166,8 @@ def _export(model: torch.nn.Module, size: int, precision: str, workdir: Path,
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
     if precision in ("fp32", "fp16") or not fp32.exists():
+        if not isinstance(model, torch.nn.Module):
+            model = model()
         target = fp32 if precision == "int8" else path
         res = export_onnx(model, target, tile=(size, size), batch_range=(1, 1), precision="fp32" if precision ==
                           "int8" else precision, preset="official")
@@ -146,31 +196,43 @@ def _ort_runner(path: Path, threads: int) -> Callable[[tuple], np.ndarray]:
     return run
 
 
-def build_runners(size: int, configs: list[str], args: argparse.Namespace) -> tuple[dict[str, Callable], dict]:
-    """The stand-in and each requested configuration, ready to run an N² window; plus export facts."""
-    import copy
-
-    model = official_model(args.bn_mode)
-    runners: dict[str, Callable] = {OFFICIAL: _torch_runner(model, "fp32", False, reference=True)}
+def prepare_exports(size: int, configs: list[str], args: argparse.Namespace) -> tuple[dict[str, str], dict]:
+    """The ONNX files of the ``onnxruntime`` configurations at N², exported (cached in ``--workdir``) here in the main
+    process, one after another, before any worker starts: no two processes ever write the same file. Returns each
+    configuration's file and its export facts (``{"unavailable": ...}`` where the export failed)."""
+    paths: dict[str, str] = {}
     facts: dict[str, Any] = {}
-    cl_model = None
-    for name in configs:
-        backend, precision, *rest = name.split()
-        if backend == "torch":
-            if rest:
-                cl_model = cl_model or copy.deepcopy(model)
-                runners[name] = _torch_runner(cl_model, precision, True)
-            else:
-                runners[name] = _torch_runner(model, precision, False)
-        else:
-            try:
-                path, info = _export(model, size, precision, Path(args.workdir), args.calibration_scenes)
-            except Exception as exc:  # recorded, not fatal: the table says what could not be measured
-                facts[name] = {"unavailable": f"{type(exc).__name__}: {str(exc)[:300]}"}
-                continue
-            facts[name] = info
-            runners[name] = _ort_runner(path, args.threads)
-    return runners, facts
+    built: list[torch.nn.Module] = []
+
+    def model() -> torch.nn.Module:  # built once, and only if a file is not in the cache
+        built[:] = built or [official_model(args.bn_mode)]
+        return built[0]
+
+    for name in [n for n in configs if n.split()[0] == "onnxruntime"]:
+        try:
+            path, info = _export(model, size, name.split()[1], Path(args.workdir), args.calibration_scenes)
+        except Exception as exc:  # recorded, not fatal: the table says what could not be measured
+            facts[name] = {"unavailable": _failure(exc)}
+            continue
+        paths[name], facts[name] = str(path), info
+    if built:
+        built.clear()
+        _release_memory(trim=True)
+    return paths, facts
+
+
+def make_runner(name: str, opts: dict[str, Any]) -> Callable[[tuple], np.ndarray]:
+    """One configuration's runner, built in its worker: the stand-in, a torch variant (``channels-last``,
+    ``compiled``), or an ONNX Runtime session on the file :func:`prepare_exports` made (``opts["onnx"]``)."""
+    if name == OFFICIAL:
+        return _torch_runner(official_model(opts["bn_mode"]), "fp32", False, reference=True)
+    backend, precision, *rest = name.split()
+    if backend == "torch":
+        return _torch_runner(official_model(opts["bn_mode"]), precision, "channels-last" in rest,
+                             compile="compiled" in rest)
+    if backend == "onnxruntime":
+        return _ort_runner(Path(opts["onnx"]), opts["threads"])
+    raise ValueError(f"unknown configuration {name!r}")
 
 
 GOLDEN_CASE_A = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden" / "case_A_128x128_sf4_seed0.npz"
@@ -196,43 +258,221 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm((a - b).ravel()) / np.linalg.norm(b.ravel()))
 
 
-def measure_size(size: int, configs: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """Interleaved rounds at one size: per configuration its times, the per-round ratio to the stand-in, and its
-    output's deviation from the stand-in's."""
-    runners, facts = build_runners(size, configs, args)
-    inputs = scene_inputs(size, 31, args.seed)
-    names = list(runners)
-    outputs = {n: runners[n](inputs) for n in names}  # warm-up, and the outputs compared
-    ref = outputs[OFFICIAL]
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            gc.collect()
+# ---------------------------------------------------------------------------------------------------------------------
+# worker processes: one per configuration
+
+
+class WorkerError(RuntimeError):
+    """A worker could not build or run its configuration (its message: ``"<type>: <message>"``), or it died."""
+
+
+_malloc_trim: Any = None
+
+
+def _release_memory(trim: bool) -> None:
+    """Outside the timed region: collect garbage and (``trim``) hand the heap's free memory back to the system."""
+    global _malloc_trim
+    gc.collect()
+    if not trim:
+        return
+    if _malloc_trim is None:
+        libc = ctypes.util.find_library("c")
+        try:
+            _malloc_trim = ctypes.CDLL(libc).malloc_trim if libc else False
+        except (OSError, AttributeError):  # not glibc
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+def _glibc_defaults() -> str:
+    """The stand-in's allocator setup: glibc's defaults, plus any the environment sets (it is inherited)."""
+    env = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        env.append(f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}")
+    return "glibc defaults" + (f" + environment {' '.join(env)}" if env else "")
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _worker_main(conn: Any, name: str, size: int, opts: dict[str, Any]) -> None:
+    """A worker process's life: set up the process, build ``name``'s runner, warm up (its output and first-call time
+    go back), golden case A when asked, then one timed call per ``("run",)`` until ``("stop",)``.
+
+    Answers are ``(kind, payload)``: ``("ready", {...})``, ``("time", seconds)`` or ``("error", "<type>: <msg>")``;
+    a worker that reports an error exits."""
+    try:
+        try:
+            if name == OFFICIAL:
+                allocator: dict[str, bool] | str = _glibc_defaults()
+            elif _ALLOCATOR is not None:  # applied when this module loaded, before torch (see _TUNED_WORKER)
+                allocator = _ALLOCATOR
+            else:
+                from sschsr_deploy.allocator import tune_allocator
+
+                allocator = tune_allocator()
+            torch.set_num_threads(opts["threads"])
+            runner = make_runner(name, opts)
+            inputs = scene_inputs(size, 31, opts["seed"])
             t0 = time.perf_counter()
-            runners[n](inputs)
-            times[n].append(time.perf_counter() - t0)
-        print(f"  {size}² round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names),
-              flush=True)
-    rows = {}
-    for n in names:
-        ratios = [o / t for o, t in zip(times[OFFICIAL], times[n], strict=True)]
-        rows[n] = {"median_s": statistics.median(times[n]), "times_s": [round(t, 4) for t in times[n]],
-                   "speedup_vs_official": statistics.median(ratios),
-                   "rel_l2_vs_official_fp32": 0.0 if n == OFFICIAL else _rel(outputs[n], ref), **facts.get(n, {})}
-    for n, f in facts.items():
-        if n not in rows:
-            rows[n] = f
-    torch_row = rows.get("torch fp32")
+            output = np.asarray(runner(inputs), dtype=np.float32)
+            first_call_s = time.perf_counter() - t0
+            golden = golden_deviation({name: runner}, opts["bn_mode"])[name] if opts.get("golden") else None
+            _release_memory(opts["trim"])
+        except Exception as exc:
+            conn.send(("error", _failure(exc)))
+            return
+        conn.send(("ready", {"output": output, "first_call_s": first_call_s, "golden": golden,
+                             "allocator": allocator}))
+        del output
+        while True:
+            command = conn.recv()
+            if command[0] == "stop":
+                return
+            if command[0] != "run":
+                conn.send(("error", f"ValueError: unknown command {command[0]!r}"))
+                return
+            try:
+                t0 = time.perf_counter()
+                runner(inputs)
+                elapsed = time.perf_counter() - t0
+            except Exception as exc:
+                conn.send(("error", _failure(exc)))
+                return
+            _release_memory(opts["trim"])
+            conn.send(("time", elapsed))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):  # the main process is stopping (or gone)
+        return
+    finally:
+        conn.close()
+
+
+class Worker:
+    """The main process's handle on one configuration's worker: a process started with ``spawn`` (a fresh
+    interpreter: nothing of the main process's allocator state) running :func:`_worker_main`; our configurations'
+    workers get :data:`_TUNED_WORKER` in their environment."""
+
+    def __init__(self, name: str, size: int, opts: dict[str, Any]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        # not daemonic: torch.compile may start processes of its own
+        self.process = ctx.Process(target=_worker_main, args=(child, name, size, opts), name=f"vs-official {name}")
+        if name != OFFICIAL:
+            os.environ[_TUNED_WORKER] = "1"
+        try:
+            self.process.start()  # spawn copies the environment now
+        finally:
+            os.environ.pop(_TUNED_WORKER, None)
+            child.close()  # the worker holds the other end: its exit shows as EOF here
+
+    def ask(self, *command: Any) -> Any:
+        """Send ``command`` (none: just wait) and return the answer's payload; raises :class:`WorkerError` when the
+        worker reports an error or ends without answering."""
+        try:
+            if command:
+                self.conn.send(command)
+            kind, payload = self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self.process.join(10)
+            raise WorkerError(f"WorkerExited: the worker of {self.name} ended without answering (exit code "
+                              f"{self.process.exitcode})") from None
+        if kind == "error":
+            raise WorkerError(payload)
+        return payload
+
+    def run(self) -> float:
+        """One timed call (seconds, measured in the worker around the runner call only)."""
+        return float(self.ask("run"))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to end; terminate it if it does not within ``timeout`` seconds."""
+        if self.process.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(("stop",))
+            self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join(5)
+        self.conn.close()
+
+
+def timed_rounds(timers: dict[str, Callable[[], float]], rounds: int, label: str = ""
+                 ) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """``rounds`` rounds, each timing every configuration once (one at a time); round r starts at configuration
+    r mod n (rotated). A configuration whose timer raises :class:`WorkerError` is dropped from the rest of the run.
+    Returns the times of the configurations that finished and the failures of those that did not."""
+    names = list(timers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    failed: dict[str, str] = {}
+    for r in range(rounds):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            if n in failed:
+                continue
+            try:
+                times[n].append(timers[n]())
+            except WorkerError as exc:
+                failed[n] = str(exc)
+                print(f"  {label}{n} failed: {exc}", flush=True)
+        print(f"  {label}round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names
+                                                               if n not in failed), flush=True)
+    return {n: t for n, t in times.items() if n not in failed}, failed
+
+
+def measure_size(size: int, configs: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved rounds at one size, each configuration in its own worker process: per configuration its times,
+    the per-round ratio to the stand-in, its output's deviation from the stand-in's and its process setup."""
+    paths, facts = prepare_exports(size, configs, args)
+    golden = size == 128 and GOLDEN_CASE_A.exists()
+    opts = {"threads": args.threads, "seed": args.seed, "bn_mode": args.bn_mode, "golden": golden,
+            "trim": args.trim}
+    rows: dict[str, Any] = {}
+    ready: dict[str, dict[str, Any]] = {}
+    workers: dict[str, Worker] = {}
+    try:
+        for name in [OFFICIAL, *configs]:  # one at a time: builds, compilations and warm-ups never overlap
+            if "unavailable" in facts.get(name, {}):
+                continue
+            print(f"  {size}²: {name}: starting its worker, building, warming up", flush=True)
+            worker = workers[name] = Worker(name, size, {**opts, "onnx": paths.get(name)})
+            try:
+                ready[name] = worker.ask()
+            except WorkerError as exc:
+                if name == OFFICIAL:
+                    raise RuntimeError(f"the stand-in's worker failed: {exc}") from None
+                facts[name] = {**facts.get(name, {}), "unavailable": str(exc)}
+                workers.pop(name).stop()
+                print(f"  {size}²: {name} unavailable: {exc}", flush=True)
+        times, failed = timed_rounds({n: w.run for n, w in workers.items()}, args.rounds, f"{size}² ")
+    finally:
+        for worker in workers.values():
+            worker.stop()
+    if OFFICIAL in failed:
+        raise RuntimeError(f"the stand-in's worker failed: {failed[OFFICIAL]}")
+    ref = ready[OFFICIAL]["output"]
+    for name in [OFFICIAL, *configs]:
+        if name in times:
+            ratios = [o / t for o, t in zip(times[OFFICIAL], times[name], strict=True)]
+            first = "compile_s" if name in COMPILED else "first_call_s"
+            rows[name] = {"median_s": statistics.median(times[name]), "times_s": [round(t, 4) for t in times[name]],
+                          "speedup_vs_official": statistics.median(ratios),
+                          "rel_l2_vs_official_fp32": 0.0 if name == OFFICIAL else _rel(ready[name]["output"], ref),
+                          first: round(ready[name]["first_call_s"], 2), "allocator": ready[name]["allocator"],
+                          **facts.get(name, {})}
+        elif name in failed:
+            rows[name] = {**facts.get(name, {}), "unavailable": failed[name]}
+        elif name in facts:
+            rows[name] = facts[name]
     check = None
-    if torch_row is not None:
+    if "torch fp32" in times:
         stand_in = statistics.median(o / t for o, t in zip(times[OFFICIAL], times["torch fp32"], strict=True))
         check = {"stand_in_over_torch_fp32": stand_in,
                  "official_over_torch_fp32_in_profile": PROFILE_OFFICIAL_OVER_TORCH.get(size)}
-    golden = golden_deviation(runners, args.bn_mode) if size == 128 and GOLDEN_CASE_A.exists() else None
-    del runners
-    gc.collect()
-    return {"rows": rows, "rounds": args.rounds, "check_against_profile": check, "golden_case_A": golden}
+    golden_rows = {n: r["golden"] for n, r in ready.items() if r["golden"] is not None} if golden else None
+    return {"rows": rows, "rounds": args.rounds, "check_against_profile": check, "golden_case_A": golden_rows}
 
 
 def throughput(args: argparse.Namespace, size: int = 128, windows: int = 4) -> dict[str, Any]:
@@ -311,13 +551,24 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def default_configs(fp16: bool = False, compiled: bool = False) -> list[str]:
+    """Every configuration but the fp16 export (``--fp16``) and the compiled ones (``--compiled``)."""
+    return [c for c in CONFIGS if (c != "onnxruntime fp16" or fp16) and (c not in COMPILED or compiled)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--configs", nargs="+", default=None,
-                    help=f"subset of {', '.join(CONFIGS)} (quote each; default: all but onnxruntime fp16)")
+                    help=f"subset of {', '.join(CONFIGS)} (quote each; default: all but onnxruntime fp16 and the "
+                         "compiled ones)")
     ap.add_argument("--fp16", action="store_true", help="also the fp16 ONNX export on ONNX Runtime")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also torch fp32 / bf16 channels-last through torch.compile (minutes of compilation each)")
+    ap.add_argument("--trim", action="store_true",
+                    help="workers hand freed memory back after each call (malloc_trim; default: they keep it, as a "
+                         "serving process does; use it when the idle workers would not fit in memory)")
     ap.add_argument("--throughput", action="store_true", help="also intra-op vs two windows in flight (128²)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calibration-scenes", type=int, default=8)
@@ -330,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     use_output_arguments(args)
     torch.set_num_threads(args.threads)
-    configs = list(args.configs) if args.configs else [c for c in CONFIGS if c != "onnxruntime fp16" or args.fp16]
+    configs = list(args.configs) if args.configs else default_configs(args.fp16, args.compiled)
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
         ap.error(f"unknown configuration(s) {unknown}; choose from {CONFIGS}")
@@ -340,7 +591,10 @@ def main(argv: list[str] | None = None) -> int:
                   stand_in=__doc__.split("\n\n")[1].replace("\n", " "),
                   config={"rounds": args.rounds, "threads": args.threads, "bn_mode": args.bn_mode,
                           "calibration_scenes": args.calibration_scenes, "weights": "golden rule, seed 0",
-                          "preset": "official", "batch": 1})
+                          "preset": "official", "batch": 1, "processes": "one per configuration",
+                          "allocator": "ours: sschsr_deploy.allocator.tune_allocator() at worker start (the package's "
+                                       "CLI / server process setup); the stand-in: glibc defaults",
+                          "trim_between_calls": args.trim})
     result.setdefault("sizes", {})
     for size in args.sizes:
         print(f"{size}²: building and warming up", flush=True)
