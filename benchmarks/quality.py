@@ -87,6 +87,10 @@ class _ModelLevel:
             out = model(*inputs)
         return self.denorm(out.float().numpy())
 
+    def backend(self, backend) -> np.ndarray:
+        """Through a runtime backend (e.g. a compiled :class:`TorchBackend`, built once for every scene)."""
+        return self.denorm(backend.run(*self.inputs.to_torch()).float().numpy())
+
     def onnx(self, session) -> np.ndarray:
         feeds = {}
         for arg, arr in zip(session.get_inputs(), self.inputs.as_tuple(), strict=True):
@@ -101,6 +105,8 @@ INT8_VARIANTS = {
     "int8 decoder + HSI encoder convs": ("decoder", "hsi_encoder"),
     "int8 every conv": ("decoder", "hsi_encoder", "flownet", "warpnet", "rgb_extractor"),
 }
+#: the torch.compile row (``--compiled``): bf16 autocast, channels-last, Inductor freezing; compiled once, every scene
+COMPILED_ROW = "PyTorch CPU autocast bfloat16, channels-last, torch.compile"
 CALIBRATION_SCENES = 8  # held-out seeds 1000.. (calibration_feeds' default), disjoint from QUALITY_SEED..
 
 
@@ -135,14 +141,19 @@ def _precision_rows(model, scene, sessions: dict, add, gt: np.ndarray, whole: np
             add(name, level.torch(dt, channels_last=cl), gt, whole)
         except Exception as exc:
             notes[name] = f"not measured: {type(exc).__name__}: {exc}"
+    compiled = sessions.get("__compiled__")
+    if compiled is not None:
+        add(COMPILED_ROW, level.backend(compiled), gt, whole)
     for precision, sess in sessions.items():
-        add(f"ONNX Runtime {precision} (CPU)", level.onnx(sess), gt, whole)
+        if precision != "__compiled__":
+            add(f"ONNX Runtime {precision} (CPU)", level.onnx(sess), gt, whole)
 
 
 def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int = 4,
-             core: bool = False, precision_only: bool = False) -> dict[str, Any]:
+             core: bool = False, precision_only: bool = False, compiled: bool = False) -> dict[str, Any]:
     """The table's rows (mean metrics and per-scene PSNR); ``core`` stops after the default tiling;
-    ``precision_only`` computes bicubic, the whole-image fp32 row and the precision rows only."""
+    ``precision_only`` computes bicubic, the whole-image fp32 row and the precision rows only; ``compiled`` adds
+    the torch.compile row (one compilation, minutes)."""
     model, info = load_model("tiny", weights or str(shipped_weights("tiny", scale)))
     model.validate_inputs = False
     made = [make_scene(seed=QUALITY_SEED + i, size=(size, size), scale=scale, split="test") for i in range(scenes)]
@@ -155,7 +166,12 @@ def evaluate(weights: str | None, size: int, scenes: int, onnx: bool, scale: int
             m["rel_dev_vs_whole_fp32"] = _rel(out, whole)
         rows.setdefault(name, []).append(m)
 
-    sessions = {}
+    sessions: dict[str, Any] = {}
+    if compiled and not core:
+        from sschsr_deploy.runtime.torch_backend import TorchBackend
+
+        sessions["__compiled__"] = TorchBackend(copy.deepcopy(model), precision="bf16", channels_last=True,
+                                                compile=True)
     with tempfile.TemporaryDirectory() as tmp:
         if onnx and not core:
             for precision in ("fp32", "fp16", *INT8_VARIANTS):
@@ -247,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision-only", action="store_true",
                     help="recompute only bicubic, the whole-image fp32 row and the precision rows (PyTorch autocast, "
                          "ONNX Runtime fp32 / fp16 / int8 variants) and merge them into the existing result file")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also bf16 channels-last through torch.compile (compiled once: minutes)")
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     use_output_arguments(args)
@@ -254,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     name = "quality" if args.scale == 4 else f"quality_x{args.scale}"
     result = evaluate(args.weights, args.size, args.scenes, not args.no_onnx, args.scale, args.core,
-                      args.precision_only)
+                      args.precision_only, args.compiled)
     if args.precision_only:
         result = merge_rows(results_dir() / f"{name}.json", result)
     result.update({"environment": environment("cpu"), "size": args.size, "scale": args.scale,
