@@ -61,8 +61,46 @@ def test_smallest_run_writes_ratios_and_the_golden_check(bench, tmp_path, monkey
     assert set(golden) == {bench.OFFICIAL, "torch bf16 channels-last"}
     assert golden[bench.OFFICIAL]["rel_l2"] < 1e-5  # the stand-in reproduces the official model's output
     assert result["environment"]["cpu_count"] and "stand-in" in result["stand_in"]
+    runs = result["sizes"]["128"]["runs"]
+    assert len(runs) == 1 and set(runs[0]["speedup"]) == {"torch bf16 channels-last"}
+    assert runs[0]["stand_in_median_s"] == round(rows[bench.OFFICIAL]["median_s"], 4)
+    assert result["sizes"]["128"]["over_runs"]["torch bf16 channels-last"]["runs"] == 1
     out = capsys.readouterr().out
     assert "| torch bf16 channels-last |" in out and "onnxruntime fp32 unavailable" in out
+    assert "| 128² | torch bf16 channels-last | 1 |" in out
+
+
+def test_runs_accumulate_and_the_lowest_ratio_is_kept(bench, tmp_path, monkeypatch):
+    """``--runs K`` measures K times; ``--merge`` appends to a size's history (other sizes kept), ``--reset-runs``
+    starts it afresh; ``over_runs`` is the lowest / median / highest ratio of each configuration over its runs."""
+    monkeypatch.setenv("SSCHSR_BENCH_RESULTS_DIR", str(tmp_path))
+    stand_in_times = iter([6.0, 9.0, 8.0, 7.0, 6.5, 7.5])
+
+    def fake_measure(size, configs, args):
+        t = next(stand_in_times)
+        rows = {bench.OFFICIAL: {"median_s": t, "speedup_vs_official": 1.0},
+                "torch bf16 channels-last compiled": {"median_s": 2.0, "speedup_vs_official": t / 2.0},
+                "onnxruntime int8": {"unavailable": "RuntimeError: no"}}
+        return {"rows": rows, "rounds": args.rounds, "check_against_profile": None, "golden_case_A": None}
+
+    monkeypatch.setattr(bench, "measure_size", fake_measure)
+    cfg = ["--configs", "torch bf16 channels-last compiled", "--workdir", str(tmp_path / "cache")]
+    assert bench.main(["--sizes", "256", "--runs", "2", *cfg]) == 0
+    assert bench.main(["--sizes", "256", "--runs", "1", "--merge", *cfg]) == 0
+    result = json.loads((tmp_path / "vs_official_cpu.json").read_text())
+    size = result["sizes"]["256"]
+    assert [r["stand_in_median_s"] for r in size["runs"]] == [6.0, 9.0, 8.0]
+    assert size["rows"][bench.OFFICIAL]["median_s"] == 8.0  # the rows are the latest run's
+    summary = size["over_runs"]["torch bf16 channels-last compiled"]
+    assert summary == {"runs": 3, "min": 3.0, "median": 4.0, "max": 4.5}
+    assert size["over_runs"][bench.OFFICIAL] == {"runs": 3, "median_s_min": 6.0, "median_s_max": 9.0}
+    assert "onnxruntime int8" not in size["over_runs"]  # never measured: not a run of it
+    assert bench.main(["--sizes", "128", "--merge", *cfg]) == 0  # another size: 256²'s history stays
+    assert bench.main(["--sizes", "256", "--merge", "--reset-runs", *cfg]) == 0
+    result = json.loads((tmp_path / "vs_official_cpu.json").read_text())
+    assert len(result["sizes"]["128"]["runs"]) == 1
+    assert [r["stand_in_median_s"] for r in result["sizes"]["256"]["runs"]] == [6.5]
+    assert "| 256² | torch bf16 channels-last compiled | 1 | 3.25× |" in bench.runs_markdown(result)
 
 
 def test_rounds_rotate_and_a_failing_configuration_is_dropped(bench):
