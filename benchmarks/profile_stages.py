@@ -9,6 +9,14 @@ operators from ``torch.profiler`` (self time, the top ``--top``). ONNX Runtime: 
     python benchmarks/profile_stages.py --weights tiny-x4 --size 256                       # torch fp32
     python benchmarks/profile_stages.py --weights tiny-x4 --size 256 --precision bf16 --channels-last
     python benchmarks/profile_stages.py --onnx tiny_256.onnx --size 256                    # ONNX Runtime
+    python benchmarks/profile_stages.py --weights official --precision bf16 --channels-last --compile --by-shape
+
+``--compile`` profiles the ``torch.compile``d forward as ``TorchBackend(compile=True)`` runs it (Inductor with
+freezing; the first call compiles, minutes at 256²): its operators are oneDNN's pre-packed convolutions, our custom
+operators and Inductor's generated kernels (``graph_0_cpp_fused_*``, named after the ops they fuse, timed by
+``cpp.enable_kernel_profile``); the whole forward is one graph, so there are no per-stage times. ``--by-shape`` adds
+the convolutions' time per input / weight shape (which convolution is slow, not only that convolutions are). The
+process sets the allocator as the package's CLI does (``tune_allocator``), so the profile is of the process users run.
 
 Prints a table and writes ``profile_<backend>_<precision>_<size>.json`` (scratch folder unless ``--publish``).
 Numbers on a loaded machine are noisy; the shares are what to read.
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -25,6 +34,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,6 +82,14 @@ def stage_timer(model: torch.nn.Module, device: str) -> Iterator[dict[str, float
             h.remove()
 
 
+def conv_shapes(prof: Any, top: int) -> list[dict]:
+    """The convolutions' self time grouped by their input shapes (input, weight, ...), the ``top`` slowest."""
+    events = [e for e in prof.key_averages(group_by_input_shape=True) if "convolution" in e.key]
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "shapes": [list(x) for x in e.input_shapes[:2]], "calls": int(e.count),
+             "self_ms": round(e.self_cpu_time_total / 1e3, 3)} for e in events[:top]]
+
+
 def profile_torch(args: argparse.Namespace) -> dict:
     from sschsr_deploy.weights import load_model
 
@@ -85,12 +103,27 @@ def profile_torch(args: argparse.Namespace) -> dict:
     device_type = "cuda" if args.device.startswith("cuda") else "cpu"
     autocast = torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-    def forward() -> torch.Tensor:
-        with torch.inference_mode(), autocast:
-            return model(*inputs)
+    fn: Any = model
+    freezing: Any = contextlib.nullcontext
+    if args.compile:
+        import torch._inductor.config as inductor_config
 
-    ref = forward()  # warm-up (and the fp32 reference when precision is fp32)
-    with stage_timer(model, args.device) as stages:
+        from sschsr_deploy.runtime.torch_backend import _freezing
+
+        inductor_config.cpp.enable_kernel_profile = True  # Inductor's kernels appear in the profile by name
+        model.validate_inputs = False  # as TorchBackend runs it: the finiteness check would split the graph
+        fn = torch.compile(model, dynamic=False)
+        freezing = functools.partial(_freezing, True)
+
+    def forward() -> torch.Tensor:
+        with torch.inference_mode(), freezing(), autocast:
+            return fn(*inputs)
+
+    t0 = time.perf_counter()
+    ref = forward()  # warm-up / compilation (and the fp32 reference when precision is fp32)
+    first_call = time.perf_counter() - t0
+    # one graph when compiled: the stages' hooks would only break it
+    with stage_timer(model, args.device) if not args.compile else contextlib.nullcontext({}) as stages:
         t0 = time.perf_counter()
         for _ in range(args.repeat):
             out = forward()
@@ -98,7 +131,7 @@ def profile_torch(args: argparse.Namespace) -> dict:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device_type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=activities, record_shapes=args.by_shape) as prof:
         forward()
     key = "self_cuda_time_total" if device_type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)
@@ -111,9 +144,10 @@ def profile_torch(args: argparse.Namespace) -> dict:
             fp32 = model(*inputs)
         deviation = float((out.float() - fp32).norm() / fp32.norm())
     del ref
-    return {"backend": "torch", "model": info.get("weights"), "total_s": round(total, 4),
+    return {"backend": "torch", "model": info.get("weights"), "total_s": round(total, 4), "compiled": args.compile,
+            "first_call_s": round(first_call, 2),
             "stages_s": {k: round(v / args.repeat, 4) for k, v in stages.items()}, "ops": ops,
-            "rel_l2_vs_fp32": deviation}
+            "conv_shapes": conv_shapes(prof, args.top) if args.by_shape else None, "rel_l2_vs_fp32": deviation}
 
 
 def profile_onnxruntime(args: argparse.Namespace) -> dict:
@@ -208,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=256, help="HR size (square, a multiple of 4)")
     ap.add_argument("--precision", choices=tuple(AUTOCAST_DTYPES), default="fp32", help="torch autocast precision")
     ap.add_argument("--channels-last", action="store_true", help="torch: channels-last memory format")
+    ap.add_argument("--compile", action="store_true", help="torch: through torch.compile (Inductor, freezing)")
+    ap.add_argument("--by-shape", action="store_true", help="torch: also the convolutions' time per shape")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=2)
@@ -216,13 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     use_output_arguments(args)
+    from sschsr_deploy.allocator import tune_allocator
+
+    allocator = tune_allocator()  # as the package's CLI sets its process up
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.onnx and (args.precision != "fp32" or args.channels_last):
-        ap.error("--precision / --channels-last apply to the torch backend (an ONNX model's precision is its own)")
+    if args.onnx and (args.precision != "fp32" or args.channels_last or args.compile or args.by_shape):
+        ap.error("--precision / --channels-last / --compile / --by-shape apply to the torch backend (an ONNX "
+                 "model's precision is its own)")
     result = profile_onnxruntime(args) if args.onnx else profile_torch(args)
     result.update(size=args.size, precision=args.precision if not args.onnx else "as exported",
-                  channels_last=args.channels_last, environment=environment(args.device))
+                  channels_last=args.channels_last, allocator=allocator, environment=environment(args.device))
     staged = sum(result["stages_s"].values())
     print(f"{result['backend']} {result['model']} {args.size}² {result['precision']}: {result['total_s']:.3f} s "
           f"per forward" + (f", rel. dev. vs fp32 {result['rel_l2_vs_fp32']:.2e}" if result["rel_l2_vs_fp32"] else ""))
@@ -230,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stage {name:<14} {sec:8.3f} s  {sec / max(staged, 1e-9):6.1%}")
     for op in result["ops"]:
         print(f"  op {op['op'][:40]:<40} {op['self_ms']:10.2f} ms  {op['share']:6.1%}  x{op['calls']}")
-    tag = "onnxruntime" if args.onnx else f"torch_{args.precision}{'_cl' if args.channels_last else ''}"
+    for conv in result.get("conv_shapes") or []:
+        print(f"  conv {conv['self_ms']:8.2f} ms  x{conv['calls']:<3} input {conv['shapes'][0]} weight "
+              f"{conv['shapes'][1] if len(conv['shapes']) > 1 else '?'}")
+    tag = "onnxruntime" if args.onnx else \
+        f"torch_{args.precision}{'_cl' if args.channels_last else ''}{'_compiled' if args.compile else ''}"
     write_json(f"profile_{tag}_{args.size}", result)
     print(f"wrote {results_dir() / f'profile_{tag}_{args.size}.json'}")
     return 0

@@ -25,6 +25,41 @@ def test_torch_profile_names_every_stage(prof, tmp_path, monkeypatch, capsys):
     assert "stage decoder" in capsys.readouterr().out
 
 
+def test_by_shape_and_compiled_plumbing(prof, tmp_path, monkeypatch, capsys):
+    """``--by-shape`` lists the convolutions per input / weight shape; ``--compile`` goes through ``torch.compile``
+    with freezing and Inductor's kernel profiling on, and times no stages (hooks would break its one graph).
+    ``torch.compile`` is stood in for by the model itself here (compiling takes minutes)."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setenv("SSCHSR_BENCH_RESULTS_DIR", str(tmp_path))
+    compiled, frozen = [], []
+
+    def fake_compile(model, **kw):
+        compiled.append(kw)
+
+        def call(*inputs):
+            frozen.append(inductor_config.freezing)
+            return model(*inputs)
+        return call
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(inductor_config.cpp, "enable_kernel_profile", False)
+    monkeypatch.setattr(inductor_config, "freezing", False)
+    assert prof.main(["--size", "128", "--repeat", "1", "--top", "4", "--compile", "--by-shape",
+                      "--channels-last"]) == 0
+    result = json.loads((tmp_path / "profile_torch_fp32_cl_compiled_128.json").read_text())
+    assert compiled == [{"dynamic": False}] and inductor_config.cpp.enable_kernel_profile
+    assert result["compiled"] is True and result["stages_s"] == {} and result["first_call_s"] > 0
+    shapes = result["conv_shapes"]
+    assert len(shapes) == 4 and shapes[0]["self_ms"] >= shapes[-1]["self_ms"]
+    assert all(len(c["shapes"][0]) == 4 and len(c["shapes"][1]) == 4 for c in shapes)  # input and weight
+    assert set(result["allocator"]) == {"arenas", "large_blocks"}
+    out = capsys.readouterr().out
+    assert "  conv " in out and "stage " not in out
+    assert frozen and all(frozen) and not inductor_config.freezing  # frozen while called, restored after
+
+
 def test_ort_trace_aggregation(prof):
     trace = [
         {"cat": "Node", "name": "/decoder/res3/Conv_kernel_time", "dur": 3000, "args": {"op_name": "Conv"}},
