@@ -327,8 +327,16 @@ def _make_pipeline(args: argparse.Namespace):
     if args.engine is not None:
         return Pipeline(Path(args.engine), backend=backend, backend_options=_engine_options(args), **common)
     model, info = _load_infer_model(args)
-    return Pipeline(model, backend=backend, compile=args.compile, channels_last=args.channels_last or "auto",
+    pipe = Pipeline(model, backend=backend, compile=args.compile, channels_last=args.channels_last or "auto",
                     model_info=info, **common)
+    if args.compile:  # compile for the run's one window shape now, not inside the first scene
+        if not args.quiet:
+            print(f"compiling the model for {pipe.tile} px windows (minutes on a CPU) ...", file=sys.stderr,
+                  flush=True)
+        seconds = pipe.warmup()
+        if not args.quiet and seconds:
+            print(f"compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return pipe
 
 
 def _model_spec(args: argparse.Namespace, common: dict[str, Any], backend: str):

@@ -47,8 +47,11 @@ class SceneWorker:
         self.error: BaseException | None = None
         self.pipe = None
         self.started = time.time()
+        self.warmup_s = 0.0
         try:
             self.pipe = spec.build()
+            if getattr(self.pipe.backend, "compiled", False):  # compile for the one window size before any scene
+                self.warmup_s = self.pipe.warmup()
         except Exception as exc:  # reported through info()
             self.error = exc
 
@@ -67,7 +70,8 @@ class SceneWorker:
         return {
             "pid": os.getpid(), "host": socket.gethostname(), "device": dev,
             "name": b.name, "bands": b.bands, "scale": b.scale, "batch_independent": b.batch_independent,
-            "tile_bounds": b.tile_bounds, "preferred_tile": b.preferred_tile, "max_batch": b.max_batch,
+            # the pipeline's limits: a compiled model's one window size included (the driver plans the windows)
+            "tile_bounds": pipe.limits.bounds, "preferred_tile": pipe.limits.preferred, "max_batch": b.max_batch,
             "config": b.config, "describe": b.describe(), "model_info": pipe.model_info(),
             "rgb_bands": list(pipe.rgb_bands), "model_wavelengths": pipe.model_wavelengths,
             "available_memory": int(available_memory(dev)),

@@ -241,7 +241,9 @@ class Pipeline:
         batch: windows per forward pass (forced to 1 with batch-statistics batch norm; capped at an export's
             maximum batch).
         quiet: no progress bar.
-        compile: ``torch.compile`` the model (torch backend only).
+        compile: ``torch.compile`` the model (torch backend only). With a fixed tile (``"default"`` or a size)
+            every window is then the tile, smaller images padded up to it, so that one compilation serves every
+            scene; call :meth:`warmup` to compile before the first scene (minutes on a CPU).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the torch backend (autocast with float32 islands; default
             fp32); for an exported model, the precision it must have been exported in (``"int8"`` for a QDQ graph;
             default: whatever it was exported in) — a mismatch is refused rather than silently run.
@@ -312,6 +314,10 @@ class Pipeline:
                 ) from None
         self.limits = TileLimits(self.backend.tile_bounds, self.backend.preferred_tile, self.backend.name)
         self.tile = resolve_tile(tile, self.limits, overlap, margin)  # checked once, here
+        if getattr(self.backend, "compiled", False) and isinstance(self.tile, int | tuple):
+            # a compiled model compiles once per input shape: one window size, as for a fixed-shape export
+            fixed = (self.tile, self.tile) if isinstance(self.tile, int) else tuple(self.tile)
+            self.limits = TileLimits((fixed, fixed), fixed, f"{self.backend.name} (compiled)")
         self.overlap = overlap
         self.margin = margin
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -387,6 +393,17 @@ class Pipeline:
                 budget = int(available_memory(dev) * (0.8 if dev.startswith("cuda") else 0.5))
         return negotiate_plan(height, width, self.tile, self.limits, self.overlap, self.margin, config=self.config,
                               budget=budget, batch=self._effective_batch())
+
+    def warmup(self) -> float:
+        """Run the backend once on a batch of tile-sized windows, so that a compiled model compiles (and a GPU
+        autotunes) before the first scene rather than during it; returns the seconds it took. Whole-image and
+        ``"auto"`` tiles have no single window size: nothing to do (0.0)."""
+        if not isinstance(self.tile, int | tuple):
+            return 0.0
+        h, w = (self.tile, self.tile) if isinstance(self.tile, int) else self.tile
+        t0 = time.perf_counter()
+        self.backend.warmup(int(h), int(w), self._effective_batch())
+        return time.perf_counter() - t0
 
     def _effective_batch(self) -> int:
         if not self.backend.batch_independent and self.batch > 1:

@@ -19,12 +19,15 @@ class TorchBackend(Backend):
     """Eager PyTorch (``torch.inference_mode``), optionally through ``torch.compile``.
 
     The model is put in ``eval()`` mode and moved to ``device``. ``compile=True`` wraps it in ``torch.compile``
-    (dynamic=False: the pipeline feeds one window shape, plus possibly a smaller last batch) with Inductor's
-    *freezing* (the weights become constants: convolutions pre-packed for oneDNN with their elementwise epilogues
-    fused; change the weights and build a new backend). The whole forward is one graph, float32 islands included
-    (:mod:`sschsr_deploy.precision`; tested: no graph break). Measured on the official preset at 256² on 2 CPU
-    cores: 1.19x (bf16 channels-last) and 1.22x (fp32 channels-last) faster than eager, after 2-3 minutes of
-    compilation per window shape and process — for servers and long runs, not for one small scene.
+    (dynamic=False) with Inductor's *freezing* (the weights become constants: convolutions pre-packed for oneDNN
+    with their elementwise epilogues fused; change the weights and build a new backend). The whole forward is one
+    graph, float32 islands included (:mod:`sschsr_deploy.precision`; tested: no graph break). Measured on the
+    official preset at 256² on 2 CPU cores: 1.16x (bf16 and fp32 channels-last) faster than eager, after 2-3
+    minutes of compilation per input shape and process — for servers and long runs, not for one small scene. So
+    that one compilation serves a whole run, a compiled backend runs **every call at the batch of its first call**
+    (the pipeline's warm-up: :meth:`Pipeline.warmup`): a smaller batch is padded with copies of its last window
+    (their outputs dropped), a larger one split; and the pipeline gives it windows of one size (its tile; smaller
+    images padded up to it, as for a fixed-shape export).
 
     ``check_inputs=False`` (default) skips the model's own input validation during :meth:`run`: the pipeline has
     already validated sizes and finiteness, and the model's ``isfinite(...).all()`` checks would force a host-device
@@ -62,8 +65,24 @@ class TorchBackend(Backend):
         self.compiled = bool(compile)
         self.check_inputs = bool(check_inputs)
         self._fn = torch.compile(self.model, dynamic=False) if compile else self.model
+        #: compiled: the batch every call runs at (that of the first call)
+        self.static_batch: int | None = None
 
     def run(self, *inputs: Tensor) -> Tensor:
+        if not self.compiled:
+            return self._run(*inputs)
+        b = int(inputs[0].shape[0])
+        if self.static_batch is None:  # batch-statistics batch norm: copies would change the statistics, so one
+            self.static_batch = b if self.batch_independent else 1  # window per call
+        n = self.static_batch
+        if b > n:  # in chunks of the compiled batch
+            return torch.cat([self.run(*(t[i:i + n] for t in inputs)) for i in range(0, b, n)])
+        if b < n:  # copies of the last window fill the batch; their outputs are dropped
+            inputs = tuple(torch.cat([t, t[-1:].expand(n - b, *t.shape[1:])]) for t in inputs)
+            return self._run(*inputs)[:b]
+        return self._run(*inputs)
+
+    def _run(self, *inputs: Tensor) -> Tensor:
         previous = getattr(self.model, "validate_inputs", True)
         self.model.validate_inputs = self.check_inputs
         if self.channels_last:
@@ -83,6 +102,7 @@ class TorchBackend(Backend):
             "backend": self.name,
             "device": str(self.device),
             "compiled": self.compiled,
+            **({"static_batch": self.static_batch} if self.compiled else {}),
             "precision": self.precision,
             "autocast": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else None,
             "channels_last": self.channels_last,

@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
                        help="torch: fp32 (default), bf16 or fp16 autocast; an exported model: the precision it must "
                             "have been exported in (default: its own) — docs/precision.md")
+    model.add_argument("--compile", action="store_true",
+                       help="torch: torch.compile the model; each instance compiles for its one window size (the "
+                            "tile; smaller scenes are padded up to it) while it loads — minutes on a CPU, so the "
+                            "startup timeout becomes 1800 s unless given (docs/precision.md)")
     model.add_argument("--instances", type=int, default=1,
                        help="model instances (per GPU with --device cuda); each runs one scene at a time (default 1)")
     model.add_argument("--tile", type=_tile, default="default",
@@ -76,14 +80,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     server.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0: a free one)")
     server.add_argument("--metrics-port", type=int, default=8002,
                         help="Prometheus metrics port (default 8002; 0: a free one)")
-    server.add_argument("--startup-timeout", type=float, default=300.0,
-                        help="seconds to wait for the model to load (default 300)")
+    server.add_argument("--startup-timeout", type=float, default=None,
+                        help="seconds to wait for the model to load (default 300; 1800 with --compile)")
     server.add_argument("--exit-timeout", type=int, default=30,
                         help="seconds in-flight requests get to finish after SIGTERM / Ctrl-C (default 30)")
     server.add_argument("--workdir", help="where the model repository and server log go (default: a temp folder)")
     server.add_argument("--log-verbose", type=int, default=0, help="Triton's --log-verbose level (default 0)")
     server.add_argument("--write-repository", metavar="DIR",
                         help="only write the model repository to DIR (for a stock tritonserver) and exit")
+
+
+def startup_timeout(args: argparse.Namespace) -> float:
+    """``--startup-timeout``, or its default: 300 s, 1800 s when the instances compile while they load."""
+    if args.startup_timeout is not None:
+        return float(args.startup_timeout)
+    return 1800.0 if getattr(args, "compile", False) else 300.0
 
 
 def settings_from_args(args: argparse.Namespace) -> ModelSettings:
@@ -98,6 +109,7 @@ def settings_from_args(args: argparse.Namespace) -> ModelSettings:
         max_megapixels=args.max_megapixels, min_lr_side=args.min_lr_side, scale=args.scale, gpus=args.gpus,
         max_queue_delay_us=args.max_queue_delay_us, queue_timeout_us=args.queue_timeout_ms * 1000,
         max_queue_size=args.max_queue_size, precision=getattr(args, "precision", None),
+        compile=bool(getattr(args, "compile", False)),
     ).check()
 
 
@@ -127,7 +139,7 @@ def run(args: argparse.Namespace, prog: str = "sschsr-deploy") -> int:
 
     try:
         return serve(settings=settings, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                     metrics_port=args.metrics_port, startup_timeout=args.startup_timeout,
+                     metrics_port=args.metrics_port, startup_timeout=startup_timeout(args),
                      exit_timeout=args.exit_timeout, workdir=args.workdir, log_verbose=args.log_verbose,
                      ready_callback=ready)
     except ServingUnavailableError as exc:  # not the arguments' fault (binary missing, model failed to load): 1

@@ -60,6 +60,8 @@ class SceneHandler:
             options["scale"] = settings.scale
         if settings.precision is not None:
             options["precision"] = settings.precision
+        if settings.compile:
+            options["compile"] = True
         if settings.threads and (settings.backend == "onnxruntime" or str(settings.source).endswith(".onnx")):
             options["backend_options"] = {"threads": settings.threads}
         pipeline = Pipeline.from_pretrained(settings.source, device=device or settings.device, tile=settings.tile,

@@ -48,6 +48,8 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args.get('model_instance_device_id', 0)}"
         self.handler = SceneHandler.from_settings(settings, device)
+        if settings.compile:  # compile for the one window size while loading, not in the first request
+            self.handler.pipeline.warmup()
         self.batched = settings.batch_requests > 0
         self.name = args.get("model_instance_name", "sschsr")
         import sschsr_deploy

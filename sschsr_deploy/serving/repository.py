@@ -80,6 +80,9 @@ class ModelSettings:
         sys_path: folders prepended to ``sys.path`` of the backend's Python (where ``sschsr_deploy`` is found).
         precision: the :class:`~sschsr_deploy.runtime.Pipeline`'s ``precision`` (torch: fp32 / bf16 / fp16; an
             exported model: the precision it must have; ``None``: fp32 / the export's own).
+        compile: torch backend: ``torch.compile`` the model; each instance compiles for its one window size (the
+            tile; smaller scenes are padded up to it) while it loads, before the server reports ready (minutes on
+            a CPU: give ``serve --startup-timeout`` room).
     """
 
     source: str = "tiny-x4"
@@ -99,6 +102,7 @@ class ModelSettings:
     batch_requests: int = 0
     sys_path: list[str] = field(default_factory=list)
     precision: str | None = None
+    compile: bool = False
 
     def check(self) -> ModelSettings:
         source = Path(os.fspath(self.source)).expanduser()
@@ -121,6 +125,12 @@ class ModelSettings:
             self.precision = normalize_precision(self.precision)
         if not (float(self.max_megapixels) > 0):
             raise InputValidationError(f"max_megapixels must be positive; got {self.max_megapixels!r}")
+        if not isinstance(self.compile, bool):
+            raise InputValidationError(f"compile must be true or false; got {self.compile!r}")
+        exported = Path(str(self.source)).suffix.lower() in (".onnx", ".engine", ".plan")
+        if self.compile and (exported or self.backend not in (None, "torch")):
+            raise InputValidationError("compile applies to the torch backend (weights), not to an exported model: "
+                                       "its graph is optimised by its own runtime")
         return self
 
     def to_parameters(self) -> dict[str, str]:
