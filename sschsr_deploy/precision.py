@@ -9,7 +9,8 @@ marked where they are written, and the marks are the only list:
 - :func:`float32_module` on a module class (the decoder's layer norm, RAFT's instance and batch norms, the
   deformable aggregations, RAFT as a whole);
 - :func:`reduced_precision_module` on a module class inside an island that should run in the reduced precision again
-  (RAFT's feature and context encoders and its update block: the convolutions are the cost).
+  (RAFT's feature and context encoders and its update block: the convolutions are the cost; the deformable
+  aggregations' offset / mask predictor convolutions, whose outputs enter through a bounded ``tanh`` and a sigmoid).
 
 Two modes read the marks:
 

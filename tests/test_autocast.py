@@ -132,7 +132,7 @@ def test_autocast_and_the_export_follow_the_same_marks():
     assert torch.isfinite(out.float()).all()
     assert eager and eager == exported
     assert set(eager.values()) == {torch.float32, torch.bfloat16}  # both kinds present, so the test can fail
-    assert eager["decoder.up_small_dyn_agg.conv_offset_mask"] == torch.float32
+    assert eager["decoder.up_small_dyn_agg.conv_offset_mask"] == torch.float32  # reduced region: float32 out
     assert eager["flownet.fnet.conv1"] == torch.bfloat16
     # (net, inp, corr, flow): the update block's arguments come from the float32 island in both modes
     assert set(eager_update) == set(export_update) == {torch.float32}
@@ -147,8 +147,38 @@ def test_convert_for_export_follows_the_marks():
     dt = {k: v.dtype for k, v in low.state_dict().items()}
     assert dt["hsi_encoder.pool1.weight"] == torch.float16  # unmarked: the low dtype
     assert dt["decoder.up_small_dyn_agg.weight"] == torch.float32  # float32_module
+    assert dt["decoder.up_small_dyn_agg.conv_offset_mask.weight"] == torch.float16  # reduced inside the island
     assert dt["flownet.fnet.conv1.weight"] == torch.float16  # reduced_precision_module inside the RAFT island
     assert dt["flownet.update_block.mask.2.weight"] == torch.float16
     assert dt["flownet.cnet.norm1.running_mean"] == torch.float32  # a norm island inside a reduced region
     assert torch.equal(low.flownet.cnet.norm1.running_mean, model.flownet.cnet.norm1.running_mean)
     assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
+
+
+def test_offset_predictor_runs_reduced_inside_the_deformable_island():
+    """The deformable aggregation is a float32 island, but its offset / mask predictor convolution computes in the
+    autocast dtype (its output enters through a bounded tanh and a sigmoid) and hands float32 on; the sampling and
+    the aggregation's own convolution stay float32."""
+    from sschsr_deploy.model.decoder import DeformableAggregation
+
+    torch.manual_seed(4)
+    agg = DeformableAggregation(16, offset_groups=2).eval()
+    torch.nn.init.normal_(agg.conv_offset_mask.weight, std=0.2)
+    torch.nn.init.normal_(agg.conv_offset_mask.bias, std=0.2)
+    feat, offset_feat = torch.randn(1, 16, 9, 11), torch.randn(1, 16, 9, 11)
+    pre = torch.randn(1, 9, 9, 11, 2) * 3
+    sim = torch.rand(1, 1, 9, 11)
+    conv = agg.conv_offset_mask
+    fp32 = torch.nn.functional.conv2d(offset_feat, conv.weight, conv.bias, padding=1)
+    bf16 = torch.nn.functional.conv2d(offset_feat.bfloat16(), conv.weight.bfloat16(), conv.bias.bfloat16(),
+                                      padding=1).float()
+    trace: dict = {}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = agg(feat, offset_feat, pre, sim, trace=trace, tag="x")
+    t = trace["decoder.Tx"]
+    assert t.dtype == torch.float32 and out.dtype == torch.float32
+    assert float((t - bf16).norm() / bf16.norm()) < 1e-6  # computed in bf16
+    assert float((t - fp32).norm() / fp32.norm()) > 1e-4  # ... which differs from float32, so the test can fail
+    with torch.no_grad():  # no autocast: float32, unchanged
+        agg(feat, offset_feat, pre, sim, trace=trace, tag="y")
+    assert float((trace["decoder.Ty"] - fp32).norm() / fp32.norm()) < 1e-6
