@@ -66,11 +66,13 @@ class Backend(ABC):
         return {}
 
     def warmup(self, height: int, width: int, batch: int = 1) -> None:
-        """Run once on zeros of the given window size (compilation, cuDNN autotuning, allocator warm-up)."""
+        """Run once on zeros of the given window size (compilation, cuDNN autotuning, allocator warm-up). The inputs
+        are ordinary tensors, made outside inference mode, as the pipeline's are: a compiled model guards on that
+        (an inference tensor in the warm-up made the first real window compile again, measured)."""
         shapes = [(batch, self.bands, height, width)] + [(batch, 3, height, width)] * 4
+        inputs = [torch.zeros(s, device=self.device) for s in shapes]
+        inputs[1] += 0.5  # constant images are fine for the network; avoid exact zeros in the normalisations
         with torch.inference_mode():
-            inputs = [torch.zeros(s, device=self.device) for s in shapes]
-            inputs[1] += 0.5  # constant images are fine for the network; avoid exact zeros in the normalisations
             self.run(*inputs)
 
 
