@@ -12,7 +12,7 @@ This module imports no backend: the implementations (:mod:`.torch_backend`, :mod
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from sschsr_deploy.errors import InputValidationError
 from sschsr_deploy.model import INPUT_NAMES
 from sschsr_deploy.weights import ModelMeta
 
-__all__ = ["Backend", "ExportSpec", "ExportedModelBackend", "resolve_device"]
+__all__ = ["Backend", "ExportSpec", "ExportedModelBackend", "resolve_device", "run_batch_within"]
 
 
 class Backend(ABC):
@@ -104,15 +104,22 @@ class ExportedModelBackend(Backend):
         if len(inputs) != len(INPUT_NAMES):
             raise InputValidationError(f"the tile network takes {len(INPUT_NAMES)} inputs, got {len(inputs)}")
         self.spec.check_window(inputs[0].shape, self._source)
-        b = int(inputs[0].shape[0])
-        cap = self.spec.batch_max
-        if cap is not None and b > cap:  # more windows than the export allows: in chunks
-            return torch.cat([self.run(*(t[i:i + cap] for t in inputs)) for i in range(0, b, cap)])
-        pad = max(0, self.spec.batch_min - b)
-        if pad:  # exported for a larger minimum batch: repeat the last window, drop its outputs
-            inputs = tuple(torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs)
-        out = self._run_batch(tuple(inputs))
-        return out[:b] if pad else out
+        return run_batch_within(self._run_batch, inputs, self.spec.batch_min, self.spec.batch_max)
+
+
+def run_batch_within(run: Callable[[tuple[Tensor, ...]], Tensor], inputs: Sequence[Tensor], low: int,
+                     high: int | None) -> Tensor:
+    """``run`` on batches of ``low`` .. ``high`` windows (an export's batch bounds, a compiled model's one batch):
+    a larger batch in chunks of ``high``, a smaller one padded with copies of its last window, whose outputs are
+    dropped."""
+    b = int(inputs[0].shape[0])
+    if high is not None and b > high:
+        return torch.cat([run_batch_within(run, [t[i:i + high] for t in inputs], low, high) for i in range(0, b, high)])
+    pad = max(0, low - b)
+    if pad:
+        inputs = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs]
+    out = run(tuple(inputs))
+    return out[:b] if pad else out
 
 
 _DEVICES = "'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when available, else the CPU)"

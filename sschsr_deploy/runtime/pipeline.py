@@ -221,6 +221,11 @@ class _SceneRun:
                 )
 
 
+def _tile_hw(tile: int | Sequence[int]) -> tuple[int, int]:
+    """A fixed tile as (h, w)."""
+    return (int(tile), int(tile)) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
+
+
 class Pipeline:
     """Super-resolve LR cubes with an RGB reference, tile by tile.
 
@@ -316,7 +321,7 @@ class Pipeline:
         self.tile = resolve_tile(tile, self.limits, overlap, margin)  # checked once, here
         if getattr(self.backend, "compiled", False) and isinstance(self.tile, int | tuple):
             # a compiled model compiles once per input shape: one window size, as for a fixed-shape export
-            fixed = (self.tile, self.tile) if isinstance(self.tile, int) else tuple(self.tile)
+            fixed = _tile_hw(self.tile)
             self.limits = TileLimits((fixed, fixed), fixed, f"{self.backend.name} (compiled)")
         self.overlap = overlap
         self.margin = margin
@@ -400,9 +405,9 @@ class Pipeline:
         ``"auto"`` tiles have no single window size: nothing to do (0.0)."""
         if not isinstance(self.tile, int | tuple):
             return 0.0
-        h, w = (self.tile, self.tile) if isinstance(self.tile, int) else self.tile
+        h, w = _tile_hw(self.tile)
         t0 = time.perf_counter()
-        self.backend.warmup(int(h), int(w), self._effective_batch())
+        self.backend.warmup(h, w, self._effective_batch())
         return time.perf_counter() - t0
 
     def _effective_batch(self) -> int:

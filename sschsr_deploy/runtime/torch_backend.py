@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from sschsr_deploy.checkpoint import state_dict_sha256
 from sschsr_deploy.errors import InputValidationError
-from sschsr_deploy.runtime.backend_base import Backend, resolve_device
+from sschsr_deploy.runtime.backend_base import Backend, resolve_device, run_batch_within
 
 __all__ = ["TorchBackend"]
 
@@ -71,16 +71,9 @@ class TorchBackend(Backend):
     def run(self, *inputs: Tensor) -> Tensor:
         if not self.compiled:
             return self._run(*inputs)
-        b = int(inputs[0].shape[0])
         if self.static_batch is None:  # batch-statistics batch norm: copies would change the statistics, so one
-            self.static_batch = b if self.batch_independent else 1  # window per call
-        n = self.static_batch
-        if b > n:  # in chunks of the compiled batch
-            return torch.cat([self.run(*(t[i:i + n] for t in inputs)) for i in range(0, b, n)])
-        if b < n:  # copies of the last window fill the batch; their outputs are dropped
-            inputs = tuple(torch.cat([t, t[-1:].expand(n - b, *t.shape[1:])]) for t in inputs)
-            return self._run(*inputs)[:b]
-        return self._run(*inputs)
+            self.static_batch = int(inputs[0].shape[0]) if self.batch_independent else 1  # window per call
+        return run_batch_within(lambda batch: self._run(*batch), inputs, self.static_batch, self.static_batch)
 
     def _run(self, *inputs: Tensor) -> Tensor:
         previous = getattr(self.model, "validate_inputs", True)

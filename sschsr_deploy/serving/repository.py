@@ -127,10 +127,12 @@ class ModelSettings:
             raise InputValidationError(f"max_megapixels must be positive; got {self.max_megapixels!r}")
         if not isinstance(self.compile, bool):
             raise InputValidationError(f"compile must be true or false; got {self.compile!r}")
-        exported = Path(str(self.source)).suffix.lower() in (".onnx", ".engine", ".plan")
-        if self.compile and (exported or self.backend not in (None, "torch")):
-            raise InputValidationError("compile applies to the torch backend (weights), not to an exported model: "
-                                       "its graph is optimised by its own runtime")
+        if self.compile:
+            from sschsr_deploy.runtime.backends import ENGINE_SUFFIXES
+
+            if Path(str(self.source)).suffix.lower() in ENGINE_SUFFIXES or self.backend not in (None, "torch"):
+                raise InputValidationError("compile applies to the torch backend (weights), not to an exported "
+                                           "model: its graph is optimised by its own runtime")
         return self
 
     def to_parameters(self) -> dict[str, str]:
